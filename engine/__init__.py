@@ -1,0 +1,19 @@
+"""duorank: performance-first retrieval for RAG (recall with embeddings, rerank with cross-encoders).
+
+`import duorank` is cheap: Numba and onnxruntime load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import DuorankError, IndexFormatError
+from .hits import Hits
+from .index import Dtype, ExactIndex
+
+try:
+    __version__ = version("duorank")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = ["Dtype", "DuorankError", "ExactIndex", "Hits", "IndexFormatError", "__version__"]

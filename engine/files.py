@@ -1,0 +1,113 @@
+"""Crash-safe files: write beside, fsync, rename; a manifest names the generation of data files in use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import IndexFormatError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_generation(
+    folder: Path, manifest_name: str, manifest: dict[str, Any], arrays: Mapping[str, NDArray[Any]]
+) -> None:
+    """Write arrays as `<key>.<generation>.npy`, then the manifest (with their names, sizes and sha256) last.
+
+    Each step writes a temporary file, fsyncs it and renames it, so a crash at any moment leaves the previous
+    manifest and the files it names untouched. Files of older generations are removed after the switch.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = uuid.uuid4().hex[:12]
+    files: dict[str, dict[str, Any]] = {}
+    for key, arr in arrays.items():
+        name = f"{key}.{gen}.npy"
+        tmp = folder / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(folder / name)
+        files[key] = {
+            "file": name,
+            "bytes": (folder / name).stat().st_size,
+            "sha256": sha256_file(folder / name),
+        }
+    _fsync_dir(folder)
+    text = json.dumps({**manifest, "files": files}, indent=2, sort_keys=True)
+    tmp = folder / (manifest_name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(folder / manifest_name)
+    _fsync_dir(folder)
+    keep = {v["file"] for v in files.values()} | {manifest_name}
+    for p in folder.iterdir():
+        if p.name not in keep and p.suffix in (".npy", ".tmp") and p.name.split(".")[0] in arrays:
+            p.unlink(missing_ok=True)
+
+
+def read_manifest(folder: Path, manifest_name: str, fmt: str, version: int) -> dict[str, Any]:
+    path = folder / manifest_name
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing: not a saved {fmt} (expected a folder written by save())")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFormatError(f"{path} is not valid JSON ({e}): the manifest is corrupt") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise IndexFormatError(f"{path} is not a {fmt} manifest (format={manifest.get('format')!r})")
+    if manifest.get("version") != version:
+        raise IndexFormatError(
+            f"{path} has format version {manifest.get('version')!r}; this duorank reads {version}"
+        )
+    return manifest
+
+
+def load_array(folder: Path, manifest: dict[str, Any], key: str, *, mmap: bool, verify: bool) -> NDArray[Any]:
+    """Load the array the manifest names for key, checking presence, size and (if verify) sha256.
+
+    mmap maps the file copy-on-write: the file is never written, and the kernels (whose signatures take
+    writeable arrays) accept the mapping.
+    """
+    try:
+        entry = manifest["files"][key]
+        path = folder / entry["file"]
+        size, digest = int(entry["bytes"]), str(entry["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexFormatError(f"{folder} manifest lacks a valid entry for {key!r}") from e
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing (named by the manifest for {key!r})")
+    actual = path.stat().st_size
+    if actual != size:
+        raise IndexFormatError(f"{path} has {actual} bytes, the manifest says {size}: truncated or replaced")
+    if verify and sha256_file(path) != digest:
+        raise IndexFormatError(f"{path} fails its sha256 check: the file is corrupt")
+    try:
+        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise IndexFormatError(f"{path} is not a readable .npy file ({e})") from e

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, d: int, clusters: int, spread: float = 0.3) -> np.ndarray:
+    """Unit rows around `clusters` random centres: close neighbours exist, like real embeddings."""
+    centres = unit_rows(rng, clusters, d)
+    x = centres[rng.integers(0, clusters, n)] + spread / np.sqrt(d) * rng.standard_normal((n, d)).astype(
+        np.float32
+    )
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1338)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real evaluation data not found at {SHARED_DATA} (a clone without ../shared)")
+    return SHARED_DATA
