@@ -76,9 +76,11 @@ class ExactIndex:
     MANIFEST = "index.json"
     # Candidates scanned per requested result before float32 rescoring.
     OVERSAMPLE: ClassVar[dict[Dtype, int]] = {Dtype.F16: 2, Dtype.I8: 4}
-    # From this many queries on, float32 is scored with BLAS in row blocks (bench/test_exact_search.py).
+    # From this many queries on, rows are scored with BLAS in blocks (bench/test_exact_search.py).
     BLAS_MIN_QUERIES = 64
     BLAS_BLOCK_ROWS = 16384
+    # A filter allowing fewer than 1/GATHER_MAX_FRACTION of the rows scores only the allowed rows.
+    GATHER_MAX_FRACTION = 16
 
     def __init__(self, *, dim: int, dtype: str | Dtype = "f32", normalize: bool = True) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
@@ -234,16 +236,29 @@ class ExactIndex:
         k = rows.shape[1]
         exact = self.dtype is Dtype.F32 or not rescore
         m = k if exact else min(len(self), k * self.OVERSAMPLE[self.dtype])
-        cand_rows = rows if m == k else np.full((q.shape[0], m), -1, np.int64)
-        cand_scores = scores if m == k else np.full((q.shape[0], m), -np.inf, np.float32)
-        if self.dtype is Dtype.F32 and q.shape[0] >= self.BLAS_MIN_QUERIES:
+        cand_rows = rows if exact else np.full((q.shape[0], m), -1, np.int64)
+        cand_scores = scores if exact else np.full((q.shape[0], m), -np.inf, np.float32)
+        if mask.size and np.count_nonzero(mask) * self.GATHER_MAX_FRACTION < len(self):
+            # Few allowed rows: score just those rows instead of scanning the corpus.
+            allowed_rows = np.tile(np.flatnonzero(mask), (q.shape[0], 1))
+            allowed_scores = np.empty(allowed_rows.shape, np.float32)
+            K.dot_gather(q, self._codes, self._scales, allowed_rows, allowed_scores)
+            K.topk_merge(allowed_rows, allowed_scores, cand_rows, cand_scores)
+        elif q.shape[0] >= self.BLAS_MIN_QUERIES:
+            # Many queries: compute-bound, so BLAS scores row blocks (decoded to float32 if compact).
+            block = np.empty((min(self.BLAS_BLOCK_ROWS, len(self)), self.dim), np.float32)
             for i0 in range(0, len(self), self.BLAS_BLOCK_ROWS):
-                block = self._vectors[i0 : i0 + self.BLAS_BLOCK_ROWS]
-                sub_mask = mask[i0 : i0 + block.shape[0]] if mask.size else mask
-                K.topk_push_scores(q @ block.T, i0, sub_mask, cand_rows, cand_scores)
+                n_blk = min(self.BLAS_BLOCK_ROWS, len(self) - i0)
+                if self.dtype is Dtype.F32:
+                    rows_f32 = self._vectors[i0 : i0 + n_blk]
+                else:
+                    rows_f32 = block[:n_blk]
+                    K.decode_rows(self._codes, self._scales, i0, rows_f32)
+                sub_mask = mask[i0 : i0 + n_blk] if mask.size else mask
+                K.topk_push_scores(q @ rows_f32.T, i0, sub_mask, cand_rows, cand_scores)
         else:
             K.topk_push_dot(q, self._codes, self._scales, 0, mask, cand_rows, cand_scores, _threads())
-        if m != k:
+        if not exact:
             exact_scores = np.empty_like(cand_scores)
             K.dot_gather(q, self._vectors, _NO_SCALES, cand_rows, exact_scores)
             K.topk_merge(cand_rows, exact_scores, rows, scores)

@@ -3,7 +3,7 @@
 Importing this module loads (or compiles, first time) every kernel; the engine imports it lazily.
 """
 
-from .dot import dot_gather
+from .dot import decode_rows, dot_gather
 from .normalize import normalize_rows
 from .quantize import quantize_rows_i8
 from .topk import (
@@ -15,6 +15,7 @@ from .topk import (
 )
 
 __all__ = [
+    "decode_rows",
     "dot_gather",
     "normalize_rows",
     "quantize_rows_i8",

@@ -37,9 +37,11 @@ def test_f32_equals_reference(data, nq):
     np.testing.assert_allclose(hits.scores, ref_scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("nq", [1, 7, 100])  # fused kernel (1, 7 = 4 + 3 remainder) and BLAS path (100)
 @pytest.mark.parametrize("dtype", ["f16", "i8"])
-def test_compact_dtypes_recall_after_rescoring(data, dtype):
+def test_compact_dtypes_recall_after_rescoring(data, dtype, nq):
     x, q = data
+    q = q[:nq]
     index = ExactIndex(dim=64, dtype=dtype)
     index.add(x)
     ref_ids, ref_scores = topk_reference(q, x, 10)
@@ -53,6 +55,24 @@ def test_compact_dtypes_recall_after_rescoring(data, dtype):
     assert np.all(np.diff(approx.scores, axis=1) <= 0)
 
 
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 0.5])  # 0.001, 0.01: gather path; else masked scan
+@pytest.mark.parametrize("nq", [1, 100])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "i8"])
+def test_filtered_search_equals_brute_force_over_the_subset(data, dtype, nq, fraction):
+    x, q = data
+    index = ExactIndex(dim=64, dtype=dtype)
+    index.add(x, ids=np.arange(x.shape[0]) + 1000)
+    allowed = np.random.default_rng(5).choice(x.shape[0], max(1, int(fraction * x.shape[0])), replace=False)
+    hits = index.search(q[:nq], k=10, allowed=allowed + 1000)
+    ref_ids, ref_scores = topk_reference(q[:nq], x, 10, allowed=allowed)
+    if dtype == "f32":
+        np.testing.assert_array_equal(hits.ids, ref_ids + 1000 * (ref_ids >= 0))
+        np.testing.assert_allclose(hits.scores, ref_scores, atol=1e-5)
+    else:
+        assert recall(hits.ids - 1000, ref_ids) >= 0.99
+    assert np.isin(hits.ids[hits.ids >= 0], allowed + 1000).all()
+
+
 def test_allowed_ids_and_tie_order_follow_ids_not_insertion():
     index = ExactIndex(dim=3)
     v = np.array([[1, 0, 0]] * 4 + [[0, 1, 0]], np.float32)
@@ -64,6 +84,17 @@ def test_allowed_ids_and_tie_order_follow_ids_not_insertion():
     assert np.isneginf(hits.scores[0, 2])
     ids, scores = hits.query(0)
     assert ids.tolist() == [19, 100] and scores.shape == (2,)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_compact_scores_are_rescored_even_when_k_covers_the_index(rng, dtype):
+    x = unit_rows(rng, 5, 16)
+    index = ExactIndex(dim=16, dtype=dtype)
+    index.add(x)
+    hits = index.search(x[:2], k=5)
+    ref_ids, ref_scores = topk_reference(x[:2], x, 5)
+    np.testing.assert_array_equal(hits.ids, ref_ids)
+    np.testing.assert_allclose(hits.scores, ref_scores, atol=1e-5)
 
 
 def test_edge_sizes(rng):

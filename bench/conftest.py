@@ -1,0 +1,42 @@
+"""Shared bench machinery: a results table printed at the end of the run and saved as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# faiss uses OpenMP; its default active spin-wait steals the other core on 2-core machines (PERF.md).
+# Give the peer its best setting before anything loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+RESULTS: dict[str, list[dict[str, Any]]] = {}
+TABLES: dict[str, Callable[[list[dict[str, Any]]], str]] = {}
+OUT = Path(__file__).parent / "results"
+
+
+def record(table: str, row: dict[str, Any]) -> None:
+    RESULTS.setdefault(table, []).append(row)
+
+
+def timed(benchmark: Any, fn: Callable[..., Any], *args: Any, budget_s: float = 2.0) -> float:
+    """Run fn under pytest-benchmark with a round count fitted to ~budget_s; returns the median seconds."""
+    t = time.perf_counter()
+    fn(*args)  # warm-up (JIT, caches), also sizes the rounds
+    first = time.perf_counter() - t
+    rounds = max(3, min(50, int(budget_s / max(first, 1e-6))))
+    benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=0)
+    return float(benchmark.stats.stats.median)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    OUT.mkdir(exist_ok=True)
+    for table, rows in RESULTS.items():
+        (OUT / f"{table}.json").write_text(json.dumps(rows, indent=2))
+        terminalreporter.write_sep("=", f"duorank bench: {table}")
+        terminalreporter.write_line(TABLES[table](rows) if table in TABLES else json.dumps(rows, indent=1))
