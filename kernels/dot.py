@@ -38,18 +38,6 @@ def dot_4q(queries, q, x, r):  # type: ignore[no-untyped-def]
     return s0, s1, s2, s3
 
 
-@nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def dot_2r(queries, q, x, r):  # type: ignore[no-untyped-def]
-    """Dots of query q with rows r and r+1 (one query: two rows per pass keeps more FMAs in flight)."""
-    s0 = np.float32(0.0)
-    s1 = np.float32(0.0)
-    for i in range(x.shape[1]):
-        w = queries[q, i]
-        s0 += w * as_f32(x[r, i])
-        s1 += w * as_f32(x[r + 1, i])
-    return s0, s1
-
-
 _GATHER = "void(f4[:, ::1], {x}, f4[::1], i8[:, ::1], f4[:, ::1])"
 _DECODE = "void({x}, f4[::1], i8, f4[:, ::1])"
 
