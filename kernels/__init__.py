@@ -12,8 +12,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# ruff: noqa: E402
-
 from .dot import decode_rows, dot_gather
 from .normalize import normalize_rows
 from .quantize import quantize_rows_i8
