@@ -1,0 +1,110 @@
+"""Retrieval metrics equal pytrec_eval (trec_eval) to 1e-9 on edge cases, random tied runs and real qrels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from duorank.eval import evaluate
+
+pytrec_eval = pytest.importorskip("pytrec_eval")
+
+CUTS = (1, 3, 10, 100)
+OURS = [f"{m}@{k}" for m in ("ndcg", "mrr", "map", "recall", "precision", "hit_rate") for k in CUTS]
+
+
+def reference(qrels, run):
+    """pytrec_eval per query, keyed like ours (MRR@k derived from recip_rank: 1/rank if rank <= k)."""
+    measures = {f"{m}.{','.join(map(str, CUTS))}" for m in ("ndcg_cut", "map_cut", "recall", "P", "success")}
+    ev = pytrec_eval.RelevanceEvaluator(qrels, measures | {"recip_rank"})
+    out = ev.evaluate(run)
+    ref = {name: {} for name in OURS}
+    for qid, v in out.items():
+        for k in CUTS:
+            ref[f"ndcg@{k}"][qid] = v[f"ndcg_cut_{k}"]
+            ref[f"map@{k}"][qid] = v[f"map_cut_{k}"]
+            ref[f"recall@{k}"][qid] = v[f"recall_{k}"]
+            ref[f"precision@{k}"][qid] = v[f"P_{k}"]
+            ref[f"hit_rate@{k}"][qid] = v[f"success_{k}"]
+            rr = v["recip_rank"]
+            ref[f"mrr@{k}"][qid] = rr if rr >= 1.0 / k - 1e-12 else 0.0
+    return ref
+
+
+def assert_matches(qrels, run):
+    ours = evaluate(qrels, run, OURS)
+    ref = reference(qrels, run)
+    for name in OURS:
+        for qid, value in ref[name].items():
+            assert ours.per_query[name][qid] == pytest.approx(value, abs=1e-9), (name, qid)
+
+
+def test_hand_made_edge_cases():
+    qrels = {
+        "ties": {"a": 1, "b": 2, "c": 0},
+        "graded": {"d1": 3, "d2": 1, "d3": 2, "d9": 1},
+        "none_relevant": {"x": 0},
+        "short_run": {"s1": 1, "s2": 1},
+        "no_relevant_retrieved": {"z": 1},
+    }
+    run = {
+        "ties": {"c": 1.0, "a": 1.0, "b": 1.0, "d": 0.5},  # trec_eval breaks ties by doc id descending
+        "graded": {"d3": 0.9, "d7": 0.8, "d1": 0.7, "d2": -1.0, "d5": -2.0},
+        "none_relevant": {"x": 1.0},
+        "short_run": {"s2": 0.1},  # k larger than the run
+        "no_relevant_retrieved": {"y": 3.0, "w": 2.0},
+    }
+    assert_matches(qrels, run)
+
+
+def test_random_runs_with_many_ties():
+    rng = np.random.default_rng(1338)
+    qrels, run = {}, {}
+    for q in range(200):
+        docs = [f"doc{d}" for d in rng.choice(500, 150, replace=False)]
+        qrels[f"q{q}"] = {d: int(rng.integers(0, 4)) for d in docs[: int(rng.integers(1, 12))]}
+        run[f"q{q}"] = {d: float(rng.integers(0, 20)) / 4 for d in docs[int(rng.integers(0, 5)) :]}
+    assert_matches(qrels, run)
+
+
+def test_real_scifact_qrels(shared_data):
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (shared_data / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, doc, score = line.strip().split("\t")
+        qrels.setdefault(qid, {})[doc] = int(score)
+    doc_ids = [json.loads(line)["_id"] for line in (shared_data / "scifact" / "corpus.jsonl").open()]
+    rng = np.random.default_rng(7)
+    run = {}
+    for qid, judged in qrels.items():  # a noisy run: relevant docs boosted, rounded scores (ties)
+        cand = list(rng.choice(doc_ids, 200, replace=False)) + list(judged)
+        run[qid] = {str(d): round(float(rng.random() + (d in judged) * rng.random()), 2) for d in cand}
+    assert_matches(qrels, run)
+
+
+def test_missing_and_unjudged_queries_are_counted():
+    res = evaluate({"a": {"d": 1}, "b": {"d": 1}}, {"a": {"d": 1.0}, "zz": {"d": 1.0}}, ["ndcg@10"])
+    assert res.per_query["ndcg@10"] == {"a": 1.0, "b": 0.0}
+    assert res.mean["ndcg@10"] == 0.5 and res.missing == ["b"] and res.unjudged == ["zz"]
+
+
+@pytest.mark.parametrize(
+    ("qrels", "run", "metrics", "message"),
+    [
+        ({"a": {"d": 1}}, {"a": {"d": 1.0}}, ["ndcg"], "unknown metric 'ndcg': expected one of ndcg@K"),
+        ({"a": {"d": 1}}, {"a": {"d": 1.0}}, ["bleu@10"], "unknown metric 'bleu@10'"),
+        ({"a": {"d": 1}}, {"a": {"d": 1.0}}, ["ndcg@0"], "unknown metric 'ndcg@0'"),
+        ({"a": {"d": 1}}, {"a": {"d": 1.0}}, [], "metrics is empty"),
+        ({}, {"a": {"d": 1.0}}, ["ndcg@10"], "qrels is empty"),
+        ({"a": {"d": 1}}, {"a": {"d": float("nan")}}, ["ndcg@10"], r"run\['a'\]\['d'\] = nan"),
+    ],
+)
+def test_bad_input_raises(qrels, run, metrics, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(qrels, run, metrics)
+
+
+def test_metric_names_are_case_insensitive_with_aliases():
+    res = evaluate({"a": {"d": 1}}, {"a": {"d": 1.0}}, ["NDCG@10", "P@1", "Success@5"])
+    assert set(res.mean) == {"ndcg@10", "precision@1", "hit_rate@5"}
