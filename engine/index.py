@@ -246,10 +246,11 @@ class ExactIndex:
             K.topk_merge(allowed_rows, allowed_scores, cand_rows, cand_scores)
         elif q.shape[0] >= self.BLAS_MIN_QUERIES:
             # Many queries: compute-bound, so BLAS scores row blocks (decoded to float32 if compact).
-            block = np.empty((min(self.BLAS_BLOCK_ROWS, len(self)), self.dim), np.float32)
+            compact = self.dtype is not Dtype.F32
+            block = np.empty((min(self.BLAS_BLOCK_ROWS, len(self)) if compact else 0, self.dim), np.float32)
             for i0 in range(0, len(self), self.BLAS_BLOCK_ROWS):
                 n_blk = min(self.BLAS_BLOCK_ROWS, len(self) - i0)
-                if self.dtype is Dtype.F32:
+                if not compact:
                     rows_f32 = self._vectors[i0 : i0 + n_blk]
                 else:
                     rows_f32 = block[:n_blk]
