@@ -75,13 +75,14 @@ def corpus(request: Any) -> dict[str, Any]:
     out.clear()
 
 
-_ENGINES: dict[str, Any] = {}
+_ENGINES: dict[tuple[int, str], Any] = {}
 
 
 def engine(corpus: dict[str, Any], name: str) -> Any:
     key = (corpus["n"], name)
     if key not in _ENGINES:
-        _ENGINES.clear() if any(k[0] != corpus["n"] for k in _ENGINES) else None
+        if any(n != corpus["n"] for n, _ in _ENGINES):  # free the previous corpus's engines
+            _ENGINES.clear()
         x = corpus["x"]
         if name.startswith("duorank"):
             index = duorank.ExactIndex(dim=D, dtype=name.split("-")[1], normalize=False)
