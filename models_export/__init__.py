@@ -1,4 +1,295 @@
-"""Model export (Hugging Face folder -> duorank model folder). The only place that imports torch/optimum.
+"""Hugging Face model folder (or hub id) -> duorank model folder (ONNX + tokenizer + manifest).
 
-Arrives with the models issue; nothing is exported yet.
+Three backends write the same graph contract (inputs input_ids / attention_mask / token_type_ids; output
+`last_hidden_state` for embedders, `logits` for rerankers):
+- "numpy": BERT-family weights from model.safetensors, graph built with onnx.helper; no torch at all.
+- "torch": `torch.onnx.export` of the transformers model (any architecture transformers loads).
+- "optimum": optimum's exporter (any architecture optimum supports).
+Every variant is checked against a reference (the PyTorch model when torch is installed, else a float64
+numpy forward pass) on fixed awkward texts; a variant outside the gate is never written.
+torch / transformers / optimum are imported only here, lazily, with an install hint.
 """
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import hf_config, parity
+from .deps import require
+from .folder import write_model_folder
+
+log = logging.getLogger("duorank.models_export")
+
+BACKENDS = ("auto", "numpy", "torch", "optimum")
+__all__ = ["BACKENDS", "export"]
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def local_source(source: str | os.PathLike[str], revision: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """A local folder for SOURCE: the folder itself, or a hub snapshot downloaded for users who are online."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return p, {"path": str(p.resolve())}
+    if p.exists() or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{source}: not a model folder")
+    hub = require("huggingface_hub", "huggingface_hub")
+    try:
+        snap = Path(hub.snapshot_download(repo_id=str(source), revision=revision))
+    except Exception as e:  # offline, unknown repo, no permission: all say the same to the user
+        raise FileNotFoundError(
+            f"{source!r} is neither a local folder nor a downloadable hub model ({type(e).__name__}: {e})"
+        ) from e
+    return snap, {"hub_id": str(source), "revision": snap.name}
+
+
+def export(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    kind: str | None = None,
+    backend: str = "auto",
+    fp16: bool = False,
+    int8: bool = False,
+    optimize: bool = False,
+    name: str | None = None,
+    revision: str | None = None,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    int8_check: Any = None,
+) -> Path:
+    """Export SOURCE to a duorank model folder at OUT and return OUT.
+
+    kind: "embedder" or "reranker" (default: read from config.json). fp16 / int8 add variants; optimize runs
+    onnxruntime's transformer optimizer on the fp32 graph and keeps it only when it stays within the gate.
+    int8_check: a callable(folder) -> dict run on the finished int8 folder for the retrieval part of the
+    int8 gate (see `quantize.scifact_check`); without it the int8 variant is refused.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
+    t0 = time.perf_counter()
+    folder, source_meta = local_source(source, revision)
+    kind = kind or hf_config.detect_kind(folder)
+    if kind not in ("embedder", "reranker"):
+        raise ValueError(f"kind {kind!r}, expected 'embedder' or 'reranker'")
+    meta = hf_config.describe(folder, kind)
+    tokenizer = hf_config.fixed_tokenizer(folder, meta["max_length"])
+    if backend == "auto":
+        numpy_ok = meta.get("model_type") == "bert" and (folder / "model.safetensors").is_file()
+        backend = "numpy" if numpy_ok else ("optimum" if _version("optimum-onnx") else "torch")
+    model, facts = _BUILDERS[backend](folder, kind)
+
+    reference, ref_name = _reference(folder, kind, meta, tokenizer)
+    onnx_mod = require("onnx", "onnx")
+    variants: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+
+    def gate(variant: str, m: Any) -> bool:
+        got = _onnx_outputs(m.SerializeToString(), kind, meta, tokenizer)
+        fig = parity.figures(kind, got, reference)
+        ok = parity.passes(kind, variant, fig)
+        log.info("%s %s vs %s: %s -> %s", kind, variant, ref_name, fig, "pass" if ok else "FAIL")
+        if ok:
+            variants[variant] = {"file": _FILES[variant], "parity": {"reference": ref_name, **fig}}
+            models[variant] = m
+        return ok
+
+    if not gate("fp32", model):
+        raise parity.ParityError(f"{backend} export of {source} fails the fp32 gate: {parity.figures(kind, _onnx_outputs(model.SerializeToString(), kind, meta, tokenizer), reference)}")
+    if optimize:
+        from .quantize import optimize as run_optimizer
+
+        opt = run_optimizer(model, facts)
+        fp32 = (models["fp32"], variants["fp32"])
+        if gate("fp32", opt):
+            variants["fp32"]["optimized"] = True
+        else:
+            log.warning("optimized graph fails the gate; keeping the plain fp32 graph")
+            models["fp32"], variants["fp32"] = fp32
+    if fp16:
+        from .quantize import to_fp16
+
+        if not gate("fp16", to_fp16(models["fp32"], facts)):
+            raise parity.ParityError(f"fp16 variant of {source} fails the gate")
+    if int8:
+        if kind == "embedder" and int8_check is None:
+            raise ValueError("int8 needs a retrieval check (int8_check=quantize.scifact_check(data_dir)); none given")
+        from .quantize import to_int8
+
+        if not gate("int8", to_int8(models["fp32"], facts)):
+            raise parity.ParityError(f"int8 variant of {source} fails the cosine gate")
+
+    manifest: dict[str, Any] = {
+        "name": name or Path(out).name,
+        **{k: v for k, v in meta.items() if k != "model_type"},
+        **facts,
+        "inputs": list(_INPUTS),
+        "source": {**source_meta, **(provenance or {})},
+        "exporter": {
+            "backend": backend,
+            "duorank": _version("duorank"),
+            "onnx": onnx_mod.__version__,
+            "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+            "opset": 17,
+            **({"torch": _version("torch"), "transformers": _version("transformers")} if backend != "numpy" else {}),
+            **({"optimum-onnx": _version("optimum-onnx")} if backend == "optimum" else {}),
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+        "variants": variants,
+    }
+    files: dict[str, bytes | Path] = {v["file"]: models[k].SerializeToString() for k, v in variants.items()}
+    files["tokenizer.json"] = tokenizer.to_str(pretty=False).encode("utf-8")
+    if int8 and int8_check is not None and kind == "embedder":
+        # The retrieval half of the int8 gate runs on the finished folder, before it replaces anything.
+        with tempfile.TemporaryDirectory(dir=Path(out).expanduser().parent) as tmp:
+            trial = write_model_folder(Path(tmp) / "trial", files, manifest)
+            check = int8_check(trial)
+        variants["int8"]["retrieval"] = check
+        if not check.get("passed"):
+            raise parity.ParityError(f"int8 variant of {source} fails the retrieval gate: {check}")
+    return write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
+
+
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def _build_numpy(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
+    from . import bert_onnx
+
+    return bert_onnx.build(folder, kind=kind)
+
+
+def _hf_model(folder: Path, kind: str) -> Any:
+    require("torch")
+    transformers = require("transformers")
+    cls = transformers.AutoModel if kind == "embedder" else transformers.AutoModelForSequenceClassification
+    model = cls.from_pretrained(str(folder), attn_implementation="eager")
+    return model.eval()
+
+
+def _facts(model: Any, kind: str) -> dict[str, Any]:
+    cfg = model.config
+    facts: dict[str, Any] = {"architecture": cfg.model_type, "hidden_size": cfg.hidden_size,
+                             "max_position_embeddings": cfg.max_position_embeddings,
+                             "num_attention_heads": cfg.num_attention_heads}
+    if kind == "embedder":
+        facts.update(output="last_hidden_state", dim=cfg.hidden_size)
+    else:
+        facts.update(output="logits", num_labels=cfg.num_labels, dim=cfg.num_labels)
+    return facts
+
+
+def _build_torch(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
+    torch = require("torch")
+    onnx = require("onnx")
+    model = _hf_model(folder, kind)
+    out_name = "last_hidden_state" if kind == "embedder" else "logits"
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out[0]
+
+    ids = torch.tensor([[101, 7592, 2088, 102, 0], [101, 7592, 2088, 2088, 102]], dtype=torch.long)
+    mask = (ids != 0).long()
+    axes = {n: {0: "batch", 1: "sequence"} for n in _INPUTS}
+    axes[out_name] = {0: "batch", 1: "sequence"} if kind == "embedder" else {0: "batch"}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(Wrapper(model), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(_INPUTS),
+                          output_names=[out_name], dynamic_axes=axes, opset_version=17, dynamo=False)
+        proto = onnx.load(str(path))
+    return proto, _facts(model, kind)
+
+
+def _build_optimum(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
+    exporters = require("optimum.exporters.onnx", "optimum-onnx")
+    onnx = require("onnx")
+    task = "feature-extraction" if kind == "embedder" else "text-classification"
+    with tempfile.TemporaryDirectory() as tmp:
+        exporters.main_export(str(folder), output=tmp, task=task, library_name="transformers", opset=17,
+                              do_validation=False, device="cpu")
+        proto = onnx.load(str(Path(tmp) / "model.onnx"))
+    names = {i.name for i in proto.graph.input}
+    if not names <= set(_INPUTS):
+        raise ValueError(f"optimum export of {folder} has inputs {sorted(names)}; duorank feeds {_INPUTS}")
+    return proto, _facts(_hf_model(folder, kind), kind)
+
+
+_BUILDERS = {"numpy": _build_numpy, "torch": _build_torch, "optimum": _build_optimum}
+
+
+def _pool(h: NDArray[Any], n: int, pooling: str) -> NDArray[Any]:
+    if pooling == "cls":
+        return h[0]
+    if pooling == "last":
+        return h[n - 1]
+    return h[:n].mean(axis=0)
+
+
+def _inputs(kind: str, tokenizer: Any) -> list[Any]:
+    if kind == "embedder":
+        return tokenizer.encode_batch(parity.EDGE_TEXTS)
+    return tokenizer.encode_batch(parity.EDGE_PAIRS)
+
+
+def _onnx_outputs(model_bytes: bytes, kind: str, meta: dict[str, Any], tokenizer: Any) -> NDArray[np.float64]:
+    """The model's outputs on the edge set, one unpadded sequence at a time (pooled for embedders)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    rows = []
+    for e in _inputs(kind, tokenizer):
+        feeds = {"input_ids": np.array([e.ids]), "attention_mask": np.array([e.attention_mask]),
+                 "token_type_ids": np.array([e.type_ids])}
+        h = np.asarray(sess.run(None, {k: v for k, v in feeds.items() if k in names})[0][0], np.float64)
+        rows.append(_pool(h, len(e.ids), meta["pooling"]) if kind == "embedder" else h)
+    return np.array(rows)
+
+
+def _reference(folder: Path, kind: str, meta: dict[str, Any], tokenizer: Any) -> tuple[NDArray[np.float64], str]:
+    """The reference outputs on the edge set: PyTorch when installed, else the float64 numpy forward pass."""
+    try:
+        torch = require("torch")
+        model = _hf_model(folder, kind)
+    except ImportError:
+        torch = None
+    if torch is None:
+        from . import bert_onnx, reference
+
+        cfg, w = bert_onnx.read_config(folder), bert_onnx.load_weights(folder)
+        rows = []
+        for e in _inputs(kind, tokenizer):
+            h = reference.forward(cfg, w, np.array(e.ids), np.array(e.type_ids), kind)
+            rows.append(_pool(h, len(e.ids), meta["pooling"]) if kind == "embedder" else h)
+        return np.array(rows), "numpy-float64"
+    rows = []
+    with torch.no_grad():
+        for e in _inputs(kind, tokenizer):
+            ids = torch.tensor([e.ids])
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([e.type_ids]))
+            h = out[0][0].double().numpy()
+            rows.append(_pool(h, len(e.ids), meta["pooling"]) if kind == "embedder" else h)
+    return np.array(rows), f"torch-{torch.__version__}"

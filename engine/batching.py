@@ -1,0 +1,53 @@
+"""Token-budget batching: tokenise once, sort by length, cut batches so rows x padded length <= budget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def plan(lengths: NDArray[np.int64], budget: int, max_batch: int = 512) -> list[NDArray[np.int64]]:
+    """Batches of positions into `lengths`, longest first, each with len(batch) * max length <= budget.
+
+    A sequence longer than the budget gets a batch of its own. Order inside a batch is by length, so each
+    batch pads to its own longest sequence and wastes little.
+    """
+    if budget < 1 or max_batch < 1:
+        raise ValueError(f"budget {budget} and max_batch {max_batch} must be >= 1")
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches = []
+    start = 0
+    n = len(order)
+    while start < n:
+        longest = max(int(lengths[order[start]]), 1)
+        size = min(max(budget // longest, 1), max_batch, n - start)
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad(encodings: Sequence[Any], rows: NDArray[np.int64], names: Sequence[str]) -> dict[str, NDArray[np.int64]]:
+    """Right-padded int64 input arrays (ids, attention mask, token types) for the chosen encodings."""
+    width = max(len(encodings[i].ids) for i in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for r, i in enumerate(rows):
+        e = encodings[i]
+        n = len(e.ids)
+        ids[r, :n] = e.ids
+        mask[r, :n] = e.attention_mask
+        types[r, :n] = e.type_ids
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: arrays[name] for name in names}
+
+
+def batches(
+    encodings: Sequence[Any], budget: int, names: Sequence[str], max_batch: int = 512
+) -> Iterator[tuple[NDArray[np.int64], dict[str, NDArray[np.int64]]]]:
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    for rows in plan(lengths, budget, max_batch):
+        yield rows, pad(encodings, rows, names)

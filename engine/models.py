@@ -1,0 +1,466 @@
+"""The model runtime: ONNX embedders and cross-encoder rerankers on onnxruntime + tokenizers + numpy (no torch).
+
+A model is a folder (DESIGN.md): `model.onnx` (+ `model.fp16.onnx`, `model.int8.onnx`), `tokenizer.json` and
+`duorank-model.json`. `Embedder.load("default")` builds the default folder once from an installed weights
+package (see `duorank.models_export.builtin`). One loaded model serves concurrent calls from many threads:
+the tokenizer and the onnxruntime session are both safe to share, and no call changes the object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import batching
+from .errors import DuorankError
+from .files import sha256_file
+from .hits import Hits
+
+log = logging.getLogger("duorank.models")
+
+MANIFEST = "duorank-model.json"
+MANIFEST_FORMAT = 1
+VARIANTS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+KINDS = ("embedder", "reranker")
+POOLINGS = ("mean", "cls", "last", "none")
+DEFAULT_BATCH_TOKENS = 8192
+
+
+class ModelError(DuorankError, ValueError):
+    """An unknown model name, or a model folder that is missing files, corrupt, or of the wrong kind."""
+
+
+class DeviceError(DuorankError, RuntimeError):
+    """The requested device cannot run the model (e.g. CUDA asked for, but its provider does not load)."""
+
+
+def home() -> Path:
+    """duorank's cache folder: $DUORANK_HOME, else ~/.cache/duorank."""
+    return Path(os.environ.get("DUORANK_HOME") or Path.home() / ".cache" / "duorank").expanduser()
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
+    """The folder's manifest, after checking that every file it lists is there (and, with verify, intact)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ModelError(f"{folder} is not a duorank model folder: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from e
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelError(f"{path}: format {manifest.get('format')!r}, this duorank reads format {MANIFEST_FORMAT}")
+    if manifest.get("kind") not in KINDS:
+        raise ModelError(f"{path}: kind {manifest.get('kind')!r}, expected one of {KINDS}")
+    if manifest.get("pooling", "none") not in POOLINGS:
+        raise ModelError(f"{path}: pooling {manifest.get('pooling')!r}, expected one of {POOLINGS}")
+    for name, entry in manifest.get("files", {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise ModelError(f"{f}: missing (listed in {MANIFEST})")
+        if f.stat().st_size != entry["bytes"]:
+            raise ModelError(f"{f}: {f.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
+        if verify and sha256_file(f) != entry["sha256"]:
+            raise ModelError(f"{f}: sha256 does not match the manifest (corrupt or modified file)")
+    for needed in ("tokenizer.json", VARIANTS["fp32"]):
+        if needed not in manifest.get("files", {}):
+            raise ModelError(f"{path}: lists no {needed}")
+    return dict(manifest)
+
+
+def known_names() -> list[str]:
+    """Built-in names plus the model folders in the cache (`duorank models export ... --name`)."""
+    from duorank.models_export.builtin import BUILTIN
+
+    cached = sorted(p.name for p in models_dir().glob("*") if (p / MANIFEST).is_file()) if models_dir().is_dir() else []
+    return sorted(set(BUILTIN) | set(cached))
+
+
+def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
+    """The model folder for a path or a name (built-in names are built into the cache on first use)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    name = str(name_or_path)
+    if p.exists() or os.sep in name or name.startswith("."):
+        raise ModelError(f"{name!r} is not a model folder (expected a folder holding {MANIFEST})")
+    from duorank.models_export.builtin import BUILTIN, ensure
+
+    cached = models_dir() / name
+    if (cached / MANIFEST).is_file():
+        return cached
+    if name in BUILTIN:
+        if BUILTIN[name]["kind"] != kind:
+            raise ModelError(f"model {name!r} is a {BUILTIN[name]['kind']}, not a {kind}")
+        return ensure(name)
+    if kind == "reranker" and name == "default":
+        raise ModelError(
+            "no default reranker is installed: no trained cross-encoder ships offline; pass a reranker folder made "
+            "by `duorank models export SOURCE OUT --kind reranker`"
+        )
+    raise ModelError(f"unknown model {name!r}; known names: {known_names()}, or pass a model folder path")
+
+
+def _session(path: Path, device: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = 1 if threads is None else int(threads)
+    so.inter_op_num_threads = 1
+    # Passive waiting: a spinning pool steals the core the caller needs on small machines (PERF.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if device == "cpu":
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    if device != "cuda":
+        raise ValueError(f"device {device!r}, expected 'cpu' or 'cuda'")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise DeviceError(f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu")
+    sess = ort.InferenceSession(str(path), so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        # onnxruntime-gpu falls back to CPU silently when the CUDA / cuDNN libraries do not load.
+        raise DeviceError(
+            "device='cuda' but the CUDA provider did not load (CUDA 12/13 and cuDNN 9 runtime libraries missing?); "
+            f"session providers: {sess.get_providers()}"
+        )
+    return sess
+
+
+def _check_texts(texts: Sequence[str], name: str = "texts", *, allow_empty: bool = False) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of str, got a single {type(texts).__name__} (wrap it in a list)")
+    out = list(texts)
+    if not out and not allow_empty:
+        raise ValueError(f"{name} is empty; pass at least one text")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
+    return out
+
+
+class _Model:
+    """What embedders and rerankers share: the folder, its manifest, the tokenizer and the session."""
+
+    kind = ""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], *, device: str, variant: str, threads: int | None,
+                 batch_tokens: int) -> None:
+        from tokenizers import Tokenizer
+
+        if manifest["kind"] != self.kind:
+            other = "Reranker" if manifest["kind"] == "reranker" else "Embedder"
+            raise ModelError(f"{folder} holds a {manifest['kind']}; load it with {other}.load")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
+        if VARIANTS[variant] not in manifest["files"]:
+            have = [v for v, f in VARIANTS.items() if f in manifest["files"]]
+            raise ModelError(f"{folder} has no {variant} variant; it has {have} (export with --{variant})")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens {batch_tokens}, expected >= 1")
+        self.folder = folder
+        self.manifest = manifest
+        self.device = device
+        self.variant = variant
+        self.batch_tokens = int(batch_tokens)
+        self.max_length = int(manifest["max_length"])
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.session = _session(folder / VARIANTS[variant], device, threads)
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown:
+            raise ModelError(f"{folder / VARIANTS[variant]}: unexpected graph inputs {sorted(unknown)}")
+        self._output = manifest["output"]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.folder.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, variant={self.variant!r}, device={self.device!r})"
+
+    def _run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
+        return np.asarray(self.session.run([self._output], feeds)[0], dtype=np.float32)
+
+    def _batches(self, encodings: Sequence[Any], progress: bool | None, desc: str) -> Any:
+        it = batching.batches(encodings, self.batch_tokens, self._inputs)
+        if progress or (progress is None and len(encodings) >= 2000):
+            from tqdm.auto import tqdm
+
+            plan = list(it)
+            return tqdm(plan, desc=desc, unit="batch", total=len(plan), leave=False)
+        return it
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Vectors plus what the tokenizer did: which inputs were cut at max_length and their token counts."""
+
+    vectors: NDArray[np.float32]  # (n, dim)
+    truncated: NDArray[np.bool_]  # (n,)
+    tokens: NDArray[np.int64]  # (n,) tokens fed to the model, special tokens included
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+class Embedder(_Model):
+    """A bi-encoder: texts -> float32 (n, dim) vectors, L2-normalised unless asked otherwise."""
+
+    kind = "embedder"
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str] = "default",
+        *,
+        device: str = "cpu",
+        variant: str = "fp32",
+        threads: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        verify: bool = True,
+    ) -> Embedder:
+        folder = resolve(name_or_path, cls.kind)
+        return cls(folder, read_manifest(folder, verify=verify), device=device, variant=variant, threads=threads,
+                   batch_tokens=batch_tokens)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def encode(
+        self, texts: Sequence[str], kind: str = "document", *, normalize: bool = True, progress: bool | None = None
+    ) -> NDArray[np.float32]:
+        """Vectors of `texts` in their order; logs a warning when some were cut at max_length."""
+        return self.encode_detailed(texts, kind, normalize=normalize, progress=progress).vectors
+
+    def encode_detailed(
+        self, texts: Sequence[str], kind: str = "document", *, normalize: bool = True, progress: bool | None = None
+    ) -> Encoded:
+        texts = _check_texts(texts)
+        if kind not in ("query", "document"):
+            raise ValueError(f"kind {kind!r}, expected 'query' or 'document'")
+        prefix = self.manifest.get("prefixes", {}).get(kind, "")
+        if prefix:
+            texts = [prefix + t for t in texts]
+        encodings = self.tokenizer.encode_batch(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        pooling = self.manifest["pooling"]
+        for rows, feeds in self._batches(encodings, progress, "embedding"):
+            h = self._run(feeds)
+            mask = feeds["attention_mask"] if "attention_mask" in feeds else (feeds["input_ids"] != 0)
+            out[rows] = _pool(h, mask, pooling)
+        if normalize and self.manifest.get("normalize", True):
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            np.divide(out, norms, out=out, where=norms > 0)
+        truncated = np.fromiter((len(e.overflowing) > 0 for e in encodings), dtype=np.bool_, count=len(encodings))
+        tokens = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        if truncated.any():
+            log.warning("%d of %d texts were cut at %d tokens", int(truncated.sum()), len(texts), self.max_length)
+        return Encoded(out, truncated, tokens)
+
+
+def _pool(h: NDArray[np.float32], mask: NDArray[np.int64], pooling: str) -> NDArray[np.float32]:
+    if h.ndim == 2 or pooling == "none":
+        return h
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "last":
+        return h[np.arange(len(h)), mask.sum(axis=1) - 1]
+    m = mask.astype(np.float32)[:, :, None]
+    return (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Rerank scores plus how long inputs were handled: windows per pair and pairs cut (query or document)."""
+
+    scores: NDArray[np.float32]  # (n,)
+    windows: NDArray[np.int64]  # (n,) windows scored per pair (1 when the pair fits max_length)
+    truncated: NDArray[np.bool_]  # (n,) text lost: the query was cut, or the document in "truncate" mode
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+class Reranker(_Model):
+    """A cross-encoder: (query, text) pairs -> relevance scores (float32, higher is more relevant).
+
+    Documents longer than max_length are scored in overlapping windows (`long_documents="windows"`, the
+    default; `stride` tokens of overlap) and the pair's score is the max over windows (or `aggregate=
+    "mean_top2"`); `long_documents="truncate"` scores only the first window and counts the pair as cut.
+    """
+
+    kind = "reranker"
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], *, long_documents: str, stride: int, aggregate: str,
+                 max_query_tokens: int | None, **kw: Any) -> None:
+        super().__init__(folder, manifest, **kw)
+        if long_documents not in ("windows", "truncate"):
+            raise ValueError(f"long_documents {long_documents!r}, expected 'windows' or 'truncate'")
+        if aggregate not in ("max", "mean_top2"):
+            raise ValueError(f"aggregate {aggregate!r}, expected 'max' or 'mean_top2'")
+        self.max_query_tokens = int(max_query_tokens or self.max_length // 2)
+        if not 1 <= self.max_query_tokens <= self.max_length - 8:
+            raise ValueError(f"max_query_tokens {self.max_query_tokens}: expected 1..{self.max_length - 8}")
+        if not 0 <= stride < self.max_length - self.max_query_tokens - 3:
+            raise ValueError(f"stride {stride}: expected 0..{self.max_length - self.max_query_tokens - 4}")
+        self.long_documents, self.stride, self.aggregate = long_documents, int(stride), aggregate
+        self._pair_tok = type(self.tokenizer).from_str(self.tokenizer.to_str())
+        self._pair_tok.enable_truncation(self.max_length, stride=self.stride, strategy="only_second")
+        self._query_tok = type(self.tokenizer).from_str(self.tokenizer.to_str())
+        self._query_tok.no_truncation()
+        self._activation = manifest.get("activation", "identity")
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str] = "default",
+        *,
+        device: str = "cpu",
+        variant: str = "fp32",
+        threads: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        long_documents: str = "windows",
+        stride: int = 32,
+        aggregate: str = "max",
+        max_query_tokens: int | None = None,
+        verify: bool = True,
+    ) -> Reranker:
+        folder = resolve(name_or_path, cls.kind)
+        return cls(folder, read_manifest(folder, verify=verify), device=device, variant=variant, threads=threads,
+                   batch_tokens=batch_tokens, long_documents=long_documents, stride=stride, aggregate=aggregate,
+                   max_query_tokens=max_query_tokens)
+
+    def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
+        return self.score_detailed(query, texts, progress=progress).scores
+
+    def score_detailed(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> Scored:
+        _check_texts(texts)
+        return self.score_groups_detailed([(query, texts)], progress=progress)[0]
+
+    def score_groups(
+        self, groups: Sequence[tuple[str, Sequence[str]]], *, progress: bool | None = None
+    ) -> list[NDArray[np.float32]]:
+        """Scores of many (query, candidates) groups, all pairs batched together by token budget."""
+        return [s.scores for s in self.score_groups_detailed(groups, progress=progress)]
+
+    def rank(self, query: str, texts: Sequence[str], top_n: int = 5) -> Hits:
+        """The top_n texts by score as Hits of shape (1, top_n): ids are positions in `texts`."""
+        return self.rank_groups([(query, texts)], top_n)
+
+    def rank_groups(self, groups: Sequence[tuple[str, Sequence[str]]], top_n: int = 5) -> Hits:
+        """Per group, the top_n candidate positions and scores, (n_groups, top_n), -1 / -inf where fewer."""
+        if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+            raise ValueError(f"top_n {top_n!r}, expected an int >= 1")
+        scored = self.score_groups(groups)
+        ids = np.full((len(scored), top_n), -1, dtype=np.int64)
+        scores = np.full((len(scored), top_n), -np.inf, dtype=np.float32)
+        for g, s in enumerate(scored):
+            order = np.argsort(-s, kind="stable")[:top_n]
+            ids[g, : len(order)] = order
+            scores[g, : len(order)] = s[order]
+        return Hits(ids, scores)
+
+    def score_groups_detailed(
+        self, groups: Sequence[tuple[str, Sequence[str]]], *, progress: bool | None = None
+    ) -> list[Scored]:
+        if isinstance(groups, (str, bytes)) or not len(groups):
+            raise ValueError("groups must be a non-empty list of (query, texts) pairs")
+        queries, docs = [], []
+        for g, item in enumerate(groups):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(f"groups[{g}] must be a (query, texts) pair, got {type(item).__name__}")
+            q, texts = item
+            if not isinstance(q, str):
+                raise TypeError(f"groups[{g}] query is {type(q).__name__}, expected str")
+            queries.append(q)
+            docs.append(_check_texts(texts, f"groups[{g}] texts", allow_empty=True))
+        cut_queries, q_cut = self._cap_queries(queries)
+        pairs = [(cut_queries[g], d) for g, texts in enumerate(docs) for d in texts]
+        encodings = self._pair_tok.encode_batch(pairs)
+        windows: list[Any] = []
+        owner: list[int] = []
+        n_windows = np.ones(len(pairs), dtype=np.int64)
+        for p, e in enumerate(encodings):
+            windows.append(e)
+            owner.append(p)
+            if e.overflowing and self.long_documents == "windows":
+                windows.extend(e.overflowing)
+                owner.extend([p] * len(e.overflowing))
+                n_windows[p] += len(e.overflowing)
+        raw = np.empty(len(windows), dtype=np.float32)
+        for rows, feeds in self._batches(windows, progress, "reranking"):
+            raw[rows] = self._activate(self._run(feeds))
+        pair_scores = _aggregate(raw, np.asarray(owner, dtype=np.int64), len(pairs), self.aggregate)
+        group_of_pair = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+        doc_cut = np.fromiter(
+            (bool(e.overflowing) and self.long_documents == "truncate" for e in encodings), np.bool_, len(encodings)
+        )
+        truncated = doc_cut | q_cut[group_of_pair]
+        if truncated.any():
+            log.warning("%d of %d (query, text) pairs were cut at %d tokens", int(truncated.sum()), len(pairs),
+                        self.max_length)
+        out, start = [], 0
+        for d in docs:
+            sl = slice(start, start + len(d))
+            out.append(Scored(pair_scores[sl], n_windows[sl], truncated[sl]))
+            start += len(d)
+        return out
+
+    def _cap_queries(self, queries: list[str]) -> tuple[list[str], NDArray[np.bool_]]:
+        """Queries cut to max_query_tokens (at a token boundary), so every window keeps room for the text."""
+        encs = self._query_tok.encode_batch(queries, add_special_tokens=False)
+        out, cut = [], np.zeros(len(queries), dtype=np.bool_)
+        for i, (q, e) in enumerate(zip(queries, encs)):
+            if len(e.ids) > self.max_query_tokens:
+                out.append(q[: e.offsets[self.max_query_tokens - 1][1]])
+                cut[i] = True
+            else:
+                out.append(q)
+        return out, cut
+
+    def _activate(self, logits: NDArray[np.float32]) -> NDArray[np.float32]:
+        if logits.ndim == 2 and logits.shape[1] > 1:  # several labels: probability of the last ("relevant")
+            z = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (z[:, -1] / z.sum(axis=1)).astype(np.float32)
+        x = logits.reshape(len(logits))
+        if self._activation == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+        return x
+
+
+def _aggregate(raw: NDArray[np.float32], owner: NDArray[np.int64], n: int, how: str) -> NDArray[np.float32]:
+    if len(raw) == n:
+        return raw
+    best = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(best, owner, raw)
+    if how == "max":
+        return best
+    # mean of the two best windows (a single window counts alone)
+    order = np.lexsort((-raw, owner))
+    out = best.copy()
+    first = np.searchsorted(owner[order], np.arange(n))
+    counts = np.bincount(owner, minlength=n)
+    two = counts >= 2
+    out[two] = (raw[order][first[two]] + raw[order][first[two] + 1]) / 2
+    return out
