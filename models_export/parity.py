@@ -60,8 +60,12 @@ def cosines(a: NDArray[Any], b: NDArray[Any]) -> NDArray[np.float64]:
 def figures(kind: str, got: NDArray[Any], ref: NDArray[Any]) -> dict[str, float]:
     if kind == "embedder":
         c = cosines(got, ref)
-        return {"texts": len(c), "min_cosine": float(c.min()), "mean_cosine": float(c.mean()),
-                "max_abs_diff": float(np.abs(np.asarray(got, np.float64) - ref).max())}
+        return {
+            "texts": len(c),
+            "min_cosine": float(c.min()),
+            "mean_cosine": float(c.mean()),
+            "max_abs_diff": float(np.abs(np.asarray(got, np.float64) - ref).max()),
+        }
     d = np.abs(np.asarray(got, np.float64) - ref)
     return {"pairs": len(d), "max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean())}
 

