@@ -10,10 +10,22 @@ from importlib.metadata import PackageNotFoundError, version
 from .errors import DuorankError, IndexFormatError
 from .hits import Hits
 from .index import Dtype, ExactIndex
+from .models import DeviceError, Embedder, ModelError, Reranker
 
 try:
     __version__ = version("duorank")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["Dtype", "DuorankError", "ExactIndex", "Hits", "IndexFormatError", "__version__"]
+__all__ = [
+    "DeviceError",
+    "Dtype",
+    "DuorankError",
+    "Embedder",
+    "ExactIndex",
+    "Hits",
+    "IndexFormatError",
+    "ModelError",
+    "Reranker",
+    "__version__",
+]

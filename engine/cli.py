@@ -80,12 +80,14 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(json.dumps(r))
             return 0
         print(
-            f"{'NAME':24} {'KIND':9} {'DIM':>4} {'VARIANTS':16} {'SIZE MB':>8}  PARITY (min cosine / max diff)  PATH"
+            f"{'NAME':24} {'KIND':9} {'DIM':>4} {'VARIANTS':16} {'SIZE MB':>8}  "
+            "PARITY (min cosine / max diff)  PATH"
         )
         for r in rows:
             size = f"{r['bytes'] / 1e6:.1f}" if r.get("bytes") else "-"
             print(
-                f"{r['name']:24} {r['kind']:9} {r.get('dim') or '-':>4} {','.join(r.get('variants', [])) or '-':16} "
+                f"{r['name']:24} {r['kind']:9} {r.get('dim') or '-':>4} "
+                f"{','.join(r.get('variants', [])) or '-':16} "
                 f"{size:>8}  {r.get('parity') or 'not built yet':30} {r.get('path', '')}"
             )
         return 0
@@ -96,9 +98,9 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.int8:
             if not args.data:
                 parser.error("--int8 needs --data DIR (a BEIR folder for the retrieval check)")
-            from .models_export.quantize import scifact_check
+            from .models_export.quantize import retrieval_check
 
-            check = scifact_check(args.data)
+            check = retrieval_check(args.data)
         out = export(
             args.source,
             args.out,

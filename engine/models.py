@@ -1,4 +1,4 @@
-"""The model runtime: ONNX embedders and cross-encoder rerankers on onnxruntime + tokenizers + numpy (no torch).
+"""The model runtime: ONNX embedders and cross-encoder rerankers (onnxruntime, tokenizers, numpy; no torch).
 
 A model is a folder (DESIGN.md): `model.onnx` (+ `model.fp16.onnx`, `model.int8.onnx`), `tokenizer.json` and
 `duorank-model.json`. `Embedder.load("default")` builds the default folder once from an installed weights
@@ -153,8 +153,8 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
         return cached
     if kind == "reranker" and name == "default" and name not in _builtin_of_kind(BUILTIN, kind):
         raise ModelError(
-            "no default reranker is installed: no trained cross-encoder ships offline; pass a reranker folder made "
-            "by `duorank models export SOURCE OUT --kind reranker`"
+            "no default reranker is installed: no trained cross-encoder ships offline; "
+            "pass a reranker folder made by `duorank models export SOURCE OUT --kind reranker`"
         )
     if name in BUILTIN:
         if BUILTIN[name]["kind"] != kind:
@@ -193,7 +193,8 @@ def _session(path: Path, device: str, threads: int | None) -> Any:
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         # onnxruntime-gpu falls back to CPU silently when the CUDA / cuDNN libraries do not load.
         raise DeviceError(
-            "device='cuda' but the CUDA provider did not load (CUDA 12/13 and cuDNN 9 runtime libraries missing?); "
+            "device='cuda' but the CUDA provider did not load "
+            "(CUDA 12/13 and cuDNN 9 runtime libraries missing?); "
             f"session providers: {sess.get_providers()}"
         )
     return sess
@@ -393,8 +394,9 @@ class Reranker(_Model):
     """A cross-encoder: (query, text) pairs -> relevance scores (float32, higher is more relevant).
 
     Documents longer than max_length are scored in overlapping windows (`long_documents="windows"`, the
-    default; `stride` tokens of overlap, max_length // 8 unless given) and the pair's score is the max over windows (or `aggregate=
-    "mean_top2"`); `long_documents="truncate"` scores only the first window and counts the pair as cut.
+    default; `stride` tokens of overlap, max_length // 8 unless given) and the pair's score is the max over
+    windows (or `aggregate="mean_top2"`); `long_documents="truncate"` scores only the first window and
+    counts the pair as cut.
     """
 
     kind = "reranker"

@@ -77,7 +77,7 @@ def export(
     kind: "embedder" or "reranker" (default: read from config.json). fp16 / int8 add variants; optimize runs
     onnxruntime's transformer optimizer on the fp32 graph and keeps it only when it stays within the gate.
     int8_check: a callable(folder) -> dict run on the finished int8 folder for the retrieval part of the
-    int8 gate (see `quantize.scifact_check`); without it the int8 variant is refused.
+    int8 gate (see `quantize.retrieval_check`); without it the int8 variant is refused.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
@@ -110,7 +110,7 @@ def export(
 
     if not gate("fp32", model):
         raise parity.ParityError(
-            f"{backend} export of {source} fails the fp32 gate: {parity.figures(kind, _onnx_outputs(model.SerializeToString(), kind, meta, tokenizer), reference)}"
+            f"{backend} export of {source} fails the fp32 gate against {ref_name}; nothing written"
         )
     if optimize:
         from .quantize import optimize as run_optimizer
@@ -130,7 +130,7 @@ def export(
     if int8:
         if kind == "embedder" and int8_check is None:
             raise ValueError(
-                "int8 needs a retrieval check (int8_check=quantize.scifact_check(data_dir)); none given"
+                "int8 needs a retrieval check (int8_check=quantize.retrieval_check(data_dir)); none given"
             )
         from .quantize import to_int8
 
@@ -211,7 +211,7 @@ def _build_torch(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
     model = _hf_model(folder, kind)
     out_name = "last_hidden_state" if kind == "embedder" else "logits"
 
-    class Wrapper(torch.nn.Module):
+    class Wrapper(torch.nn.Module):  # type: ignore[name-defined]
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner

@@ -1,4 +1,4 @@
-"""BERT-family encoder -> ONNX with no torch: weights from `model.safetensors` (numpy), graph from onnx.helper.
+"""BERT-family encoder -> ONNX without torch: weights from `model.safetensors`, graph from onnx.helper.
 
 Handles `BertModel` (embedders) and `BertForSequenceClassification` (cross-encoders). The graph uses the
 op pattern that `torch.onnx.export` writes for Hugging Face BERT (MatMul + Add linears, Erf GELU,
@@ -54,7 +54,8 @@ def load_weights(folder: Path) -> dict[str, np.ndarray]:
     path = folder / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: missing; the torch-free builder reads safetensors weights (pytorch_model.bin needs backend='torch')"
+            f"{path}: missing; the torch-free builder reads safetensors weights "
+            "(pytorch_model.bin needs backend='torch')"
         )
     raw = st.load_file(str(path))
     out = {}

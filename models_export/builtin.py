@@ -54,7 +54,8 @@ def weights_folder(name: str) -> tuple[Path, str]:
         digest = sha256_file(weights)
         if digest != spec["weights_sha256"]:
             raise ModelError(
-                f"{weights}: sha256 {digest[:12]}..., expected {spec['weights_sha256'][:12]}... ({spec['model']}); "
+                f"{weights}: sha256 {digest[:12]}..., expected {spec['weights_sha256'][:12]}... "
+                f"({spec['model']}); "
                 f"the package {requirement} does not hold the expected weights"
             )
         return folder, requirement

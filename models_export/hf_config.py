@@ -1,4 +1,4 @@
-"""What a Hugging Face / sentence-transformers folder says about itself: kind, pooling, length, prefixes, head."""
+"""What a Hugging Face / sentence-transformers folder says: kind, pooling, length, prefixes, head."""
 
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ _POOLING_KEYS = {
 
 
 def _json(path: Path) -> dict[str, Any]:
+    obj = _json_any(path)
+    return obj if isinstance(obj, dict) else {}
+
+
+def _json_any(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
@@ -42,7 +47,7 @@ def describe(folder: Path, kind: str) -> dict[str, Any]:
     max_length = min(int(st.get("max_seq_length") or limit), limit)
     out: dict[str, Any] = {"kind": kind, "max_length": max_length, "model_type": cfg.get("model_type")}
     if kind == "embedder":
-        modules = _json(folder / "modules.json") if (folder / "modules.json").exists() else []
+        modules: Any = _json_any(folder / "modules.json") or []
         pooling, normalize = "mean", True
         for mod in modules if isinstance(modules, list) else []:
             if mod.get("type", "").endswith("Pooling"):

@@ -42,7 +42,7 @@ def forward(
     types: NDArray[np.int64],
     kind: str,
 ) -> NDArray[np.float64]:
-    """One unpadded sequence: last hidden state (seq, hidden) for embedders, logits (num_labels,) for rerankers."""
+    """One unpadded sequence: last hidden state (seq, hidden) for embedders, logits for rerankers."""
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     heads = cfg["num_attention_heads"]
     n = len(ids)

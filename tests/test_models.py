@@ -260,9 +260,9 @@ def test_cuda_without_a_working_provider_is_an_error(default_embedder):
 
 
 def test_kind_mismatch(default_embedder, reranker_folder):
-    with pytest.raises(ModelError, match="holds an embedder; load it with Embedder.load"):
+    with pytest.raises(ModelError, match=r"holds an embedder; load it with Embedder\.load"):
         Reranker.load(default_embedder.folder)
-    with pytest.raises(ModelError, match="holds a reranker; load it with Reranker.load"):
+    with pytest.raises(ModelError, match=r"holds a reranker; load it with Reranker\.load"):
         Embedder.load(reranker_folder)
 
 
@@ -374,7 +374,7 @@ def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         export(tmp_path / "nope", tmp_path / "out")
     (tmp_path / "x").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json: missing"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json: missing"):
         export(tmp_path / "x", tmp_path / "out")
     (tmp_path / "x" / "config.json").write_text(
         json.dumps({"model_type": "roberta", "max_position_embeddings": 514})

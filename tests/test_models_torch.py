@@ -73,7 +73,7 @@ def test_torch_backends_match_the_numpy_builder(default_embedder, backend, tmp_p
 
 
 def test_reranker_matches_cross_encoder(tmp_path):
-    """A tiny random BertForSequenceClassification: scores equal CrossEncoder.predict (sigmoid of the logit)."""
+    """A tiny random BertForSequenceClassification: scores equal CrossEncoder.predict (sigmoid of logit)."""
     from sentence_transformers import CrossEncoder
 
     src = tiny_bert_folder(tmp_path / "hf", kind="reranker", seed=11, max_position=512, max_seq_length=512)

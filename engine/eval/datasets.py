@@ -1,0 +1,133 @@
+"""BEIR-layout datasets: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`, from a folder or a `.zip`.
+
+Every line is checked: a malformed line, a missing `_id` or `text`, a duplicate id, or a qrels row naming
+an unknown query or document raises DatasetError naming the file and the line number.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from duorank.errors import DuorankError
+
+
+class DatasetError(DuorankError, ValueError):
+    """A dataset file is missing or malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    corpus: dict[str, str]  # doc id -> "title text" (title first, as BEIR's dense evaluation joins them)
+    titles: dict[str, str]
+    queries: dict[str, str]  # only the queries judged in this split
+    qrels: dict[str, dict[str, int]]
+    split: str
+    ignore_identical_ids: bool = False  # ArguAna / Quora: a hit whose doc id equals the query id is dropped
+
+    def doc_ids(self) -> list[str]:
+        return list(self.corpus)
+
+
+class _Source:
+    """Files of a BEIR folder or zip (the zip may hold the files under one top folder, as BEIR's zips do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip: zipfile.ZipFile | None = None
+        self.prefix = PurePosixPath()
+        if path.is_file() and zipfile.is_zipfile(path):
+            self.zip = zipfile.ZipFile(path)
+            names = self.zip.namelist()
+            hits = [n for n in names if n.endswith("corpus.jsonl")]
+            if not hits:
+                raise DatasetError(f"{path}: no corpus.jsonl inside the zip")
+            self.prefix = PurePosixPath(hits[0]).parent
+        elif not path.is_dir():
+            raise DatasetError(f"{path}: not a BEIR folder or zip")
+
+    def label(self, rel: str) -> str:
+        return f"{self.path}!{self.prefix / rel}" if self.zip else str(self.path / rel)
+
+    def open(self, rel: str) -> IO[str]:
+        try:
+            if self.zip is not None:
+                raw = self.zip.open(str(self.prefix / rel))
+                return io.TextIOWrapper(raw, encoding="utf-8", newline=None)
+            return open(
+                self.path / rel, encoding="utf-8", newline=None
+            )  # newline=None: CRLF files read the same
+        except (FileNotFoundError, KeyError):
+            raise DatasetError(f"{self.label(rel)}: missing") from None
+
+
+def _jsonl(src: _Source, rel: str) -> Iterator[tuple[int, dict[str, object]]]:
+    with src.open(rel) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{src.label(rel)}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("_id"), (str, int)):
+                raise DatasetError(f"{src.label(rel)}:{n}: expected an object with an '_id'")
+            yield n, obj
+
+
+def load_beir(
+    path: str | Path, split: str = "test", *, ignore_identical_ids: bool = False, name: str | None = None
+) -> Dataset:
+    """Load and validate a BEIR dataset (folder or zip). Queries are restricted to those judged in `split`."""
+    path = Path(path).expanduser()
+    src = _Source(path)
+    corpus: dict[str, str] = {}
+    titles: dict[str, str] = {}
+    for n, obj in _jsonl(src, "corpus.jsonl"):
+        did = str(obj["_id"])
+        if did in corpus:
+            raise DatasetError(f"{src.label('corpus.jsonl')}:{n}: duplicate doc id {did!r}")
+        text, title = obj.get("text"), obj.get("title") or ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise DatasetError(f"{src.label('corpus.jsonl')}:{n}: 'text' and 'title' must be strings")
+        titles[did] = title
+        corpus[did] = f"{title} {text}".strip() if title else text
+    all_queries: dict[str, str] = {}
+    for n, obj in _jsonl(src, "queries.jsonl"):
+        qid = str(obj["_id"])
+        if qid in all_queries:
+            raise DatasetError(f"{src.label('queries.jsonl')}:{n}: duplicate query id {qid!r}")
+        if not isinstance(obj.get("text"), str):
+            raise DatasetError(f"{src.label('queries.jsonl')}:{n}: 'text' must be a string")
+        all_queries[qid] = str(obj["text"])
+    qrels: dict[str, dict[str, int]] = {}
+    rel = f"qrels/{split}.tsv"
+    with src.open(rel) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if n == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
+                continue
+            if not line.strip():
+                continue
+            if len(parts) != 3:
+                raise DatasetError(f"{src.label(rel)}:{n}: expected 3 tab-separated fields, got {len(parts)}")
+            qid, did, grade = parts
+            try:
+                g = int(grade)
+            except ValueError:
+                raise DatasetError(f"{src.label(rel)}:{n}: grade {grade!r} is not an integer") from None
+            if qid not in all_queries:
+                raise DatasetError(f"{src.label(rel)}:{n}: unknown query id {qid!r}")
+            if did not in corpus:
+                raise DatasetError(f"{src.label(rel)}:{n}: unknown doc id {did!r}")
+            qrels.setdefault(qid, {})[did] = g
+    if not qrels:
+        raise DatasetError(f"{src.label(rel)}: no judgements")
+    queries = {q: all_queries[q] for q in qrels}
+    return Dataset(name or path.stem, corpus, titles, queries, qrels, split, ignore_identical_ids)
