@@ -10,6 +10,8 @@ from typing import Any
 
 log = logging.getLogger("duorank.cli")
 
+SYSTEMS = ("bm25", "dense", "hybrid", "bm25+embedding", "dense+cross", "hybrid+cross")  # = eval.run.SYSTEMS
+
 EXPORT_EXAMPLES = """examples:
   duorank models export ./all-MiniLM-L6-v2 ./minilm-onnx
   duorank models export ./my-cross-encoder ./reranker --kind reranker --fp16
@@ -67,7 +69,75 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--optimize", action="store_true", help="fuse with onnxruntime's transformer optimizer")
     ex.add_argument("--revision", help="hub revision (hub ids only)")
     ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ev = sub.add_parser(
+        "eval",
+        help="measure retrieval, rerank, STS, clustering, classification on labelled data",
+        description="Evaluate models and pipelines on labelled data (BEIR folders or zips, "
+        "STS Benchmark, labelled jsonl such as Banking77).",
+    )
+    esub = ev.add_subparsers(dest="eval_command", metavar="TASK")
+    r = esub.add_parser(
+        "retrieval",
+        help="BM25, dense, hybrid and reranked systems side by side",
+        epilog="example: duorank eval retrieval --dataset ../shared/data/scifact --out report/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--dataset", required=True, metavar="PATH", help="BEIR folder or .zip")
+    r.add_argument("--split", default="test")
+    r.add_argument("--model", default="default", help="embedder name or folder (default: %(default)s)")
+    r.add_argument("--reranker", help="cross-encoder name or folder: adds the +cross systems")
+    r.add_argument("--top-k", type=int, default=100, help="first-stage candidates (default: %(default)s)")
+    r.add_argument(
+        "--top-n", type=int, default=10, help="cutoff of the headline metrics (default: %(default)s)"
+    )
+    r.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    r.add_argument(
+        "--ignore-identical-ids", action="store_true", help="drop hits whose doc id is the query id"
+    )
+    r.add_argument("--out", metavar="DIR", help="write report.json, report.md and plots here")
+    r.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
+    r.add_argument("--threads", type=int, help="onnxruntime threads (default: 1)")
+    for task, helptext in (
+        ("sts", "STS Benchmark: Spearman of cosine vs gold"),
+        ("classification", "logistic regression on frozen embeddings (e.g. Banking77)"),
+        ("clustering", "k-means on embeddings: NMI, ARI, V-measure, purity"),
+    ):
+        t = esub.add_parser(
+            task,
+            help=helptext,
+            epilog=f"example: duorank eval {task} --data ../shared/data/"
+            + ("stsb" if task == "sts" else "banking77"),
+        )
+        t.add_argument("--data", required=True, metavar="PATH")
+        t.add_argument("--model", default="default")
+        t.add_argument("--threads", type=int)
     return p
+
+
+def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.eval_command is None:
+        parser.error("eval: choose a TASK: retrieval, sts, classification or clustering")
+    from .eval import run
+    from .models import Embedder
+
+    emb = Embedder.load(args.model, threads=args.threads)
+    if args.eval_command != "retrieval":
+        fn = {"sts": run.sts, "classification": run.classification, "clustering": run.clustering}
+        print(json.dumps(fn[args.eval_command](emb, args.data), indent=1))
+        return 0
+    from .eval.datasets import load_beir
+    from .eval.report import markdown, save
+    from .models import Reranker
+
+    data = load_beir(args.dataset, args.split, ignore_identical_ids=args.ignore_identical_ids)
+    rr = Reranker.load(args.reranker, threads=args.threads) if args.reranker else None
+    systems = args.systems.split(",") if args.systems else None
+    report = run.retrieval(data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems)
+    if args.out:
+        for path in save(report, args.out):
+            log.info("wrote %s", path)
+    print(json.dumps(report.to_dict()) if args.json else markdown(report))
+    return 0
 
 
 def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -130,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers: dict[str, Any] = {"models": _models}
+    handlers: dict[str, Any] = {"models": _models, "eval": _eval}
     try:
         return int(handlers[args.command](args, parser))
     except KeyboardInterrupt:

@@ -225,7 +225,7 @@ class _Model:
         manifest: dict[str, Any],
         *,
         device: str,
-        variant: str,
+        variant: str | None,
         threads: int | None,
         batch_tokens: int,
     ) -> None:
@@ -234,6 +234,9 @@ class _Model:
         if manifest["kind"] != self.kind:
             other = "Reranker" if manifest["kind"] == "reranker" else "Embedder"
             raise ModelError(f"{folder} holds {_a(manifest['kind'])}; load it with {other}.load")
+        if variant is None:  # fp16 on a GPU when the folder has it, else fp32
+            fp16 = device == "cuda" and VARIANTS["fp16"] in manifest["files"]
+            variant = "fp16" if fp16 else "fp32"
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
         if VARIANTS[variant] not in manifest["files"]:
@@ -301,7 +304,7 @@ class Embedder(_Model):
         name_or_path: str | os.PathLike[str] = "default",
         *,
         device: str = "cpu",
-        variant: str = "fp32",
+        variant: str | None = None,
         threads: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         verify: bool = True,
@@ -436,7 +439,7 @@ class Reranker(_Model):
         name_or_path: str | os.PathLike[str] = "default",
         *,
         device: str = "cpu",
-        variant: str = "fp32",
+        variant: str | None = None,
         threads: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         long_documents: str = "windows",

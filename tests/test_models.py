@@ -396,3 +396,30 @@ def test_optimized_and_fp16_variants_keep_parity(tmp_path):
     plain = Embedder.load(export(src, tmp_path / "plain", backend="numpy")).encode(texts)
     np.testing.assert_allclose(Embedder.load(out).encode(texts), plain, atol=1e-5)
     assert parity.cosines(Embedder.load(out, variant="fp16").encode(texts), plain).min() >= 0.9999
+
+
+# ---- CLI and the hub path ------------------------------------------------------------------------
+
+
+def test_cli_models_export_and_list(tmp_path, capsys, caplog, default_embedder):
+    from duorank.cli import main
+
+    src = tiny_bert_folder(tmp_path / "hf", kind="embedder", seed=9)
+    assert main(["models", "export", str(src), str(tmp_path / "out"), "--backend", "numpy"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out")
+    assert main(["models", "export", str(src), str(tmp_path / "out")]) == 1  # exists, no --force
+    assert "exists; pass overwrite=True" in caplog.text
+    assert main(["models", "list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    default = next(r for r in rows if r["name"] == "default")
+    assert default["kind"] == "embedder" and default["dim"] == 384 and default["variants"] == ["fp32"]
+    with pytest.raises(SystemExit) as e:
+        main(["models", "export", str(src), str(tmp_path / "o2"), "--int8"])
+    assert e.value.code == 2 and "--int8 needs --data" in capsys.readouterr().err
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub", reason="huggingface_hub comes with the [export] extra")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a downloadable hub model"):
+        export("sentence-transformers/all-MiniLM-L6-v2", tmp_path / "out")

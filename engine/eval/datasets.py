@@ -131,3 +131,63 @@ def load_beir(
         raise DatasetError(f"{src.label(rel)}: no judgements")
     queries = {q: all_queries[q] for q in qrels}
     return Dataset(name or path.stem, corpus, titles, queries, qrels, split, ignore_identical_ids)
+
+
+def load_stsb(path: str | Path, split: str = "test") -> tuple[list[str], list[str], list[float]]:
+    """STS Benchmark pairs of one split from `stsb.jsonl` (fields split, score, sentence1, sentence2)."""
+    path = Path(path).expanduser()
+    file = path / "stsb.jsonl" if path.is_dir() else path
+    s1: list[str] = []
+    s2: list[str] = []
+    gold: list[float] = []
+    for n, obj in _jsonl_plain(file):
+        if obj.get("split") != split:
+            continue
+        try:
+            s1.append(str(obj["sentence1"]))
+            s2.append(str(obj["sentence2"]))
+            gold.append(float(obj["score"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(f"{file}:{n}: expected sentence1, sentence2 and a numeric score") from None
+    if not s1:
+        raise DatasetError(f"{file}: no rows of split {split!r}")
+    return s1, s2, gold
+
+
+def load_labelled(path: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Texts and labels of one split from a jsonl with fields split, label, text (e.g. Banking77)."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        found = sorted(file.glob("*.jsonl"))
+        if len(found) != 1:
+            raise DatasetError(f"{file}: expected exactly one .jsonl file, found {len(found)}")
+        file = found[0]
+    texts, labels = [], []
+    for n, obj in _jsonl_plain(file):
+        if obj.get("split") != split:
+            continue
+        if not isinstance(obj.get("text"), str) or "label" not in obj:
+            raise DatasetError(f"{file}:{n}: expected a string 'text' and a 'label'")
+        texts.append(str(obj["text"]))
+        labels.append(str(obj["label"]))
+    if not texts:
+        raise DatasetError(f"{file}: no rows of split {split!r}")
+    return texts, labels
+
+
+def _jsonl_plain(file: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    try:
+        f = open(file, encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{file}: missing") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{file}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{file}:{n}: expected a JSON object")
+            yield n, obj

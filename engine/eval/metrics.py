@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,45 +46,34 @@ def parse_metric(name: str) -> tuple[str, int]:
     return str(base), int(m.group(2))
 
 
-def _ranked_grades(judged: Mapping[str, int], scores: Mapping[str, float], qid: str) -> NDArray[np.float64]:
+_CODES = {"ndcg": 0, "mrr": 1, "map": 2, "recall": 3, "precision": 4, "hit_rate": 5}
+
+
+def _bad_score(qid: str, docs: Sequence[str], values: Sequence[object]) -> ValueError:
+    for doc, v in zip(docs, values):
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        if not ok or not math.isfinite(float(v)):  # type: ignore[arg-type]
+            return ValueError(f"run[{qid!r}][{doc!r}] = {v!r}: scores must be finite numbers")
+    return ValueError(f"run[{qid!r}]: scores must be finite numbers")
+
+
+def _ranked_grades(judged: Mapping[str, int], scores: Mapping[str, float], qid: str) -> NDArray[np.int64]:
     """Grades of the run's documents in trec_eval order (score desc, then doc id desc)."""
-    items = sorted(scores.items(), key=lambda kv: kv[0], reverse=True)
-    for doc, s in items:
-        if (
-            not isinstance(s, (int, float, np.integer, np.floating))
-            or isinstance(s, bool)
-            or not math.isfinite(s)
-        ):
-            raise ValueError(f"run[{qid!r}][{doc!r}] = {s!r}: scores must be finite numbers")
-    items.sort(key=lambda kv: -float(kv[1]))
-    return np.array([judged.get(doc, 0) for doc, _ in items], dtype=np.float64)
-
-
-def _query_metric(
-    base: str, k: int, ranked: NDArray[np.float64], judged: NDArray[np.float64], level: int
-) -> float:
-    top = ranked[:k]
-    hit = top >= level
-    n_rel = int((judged >= level).sum())
-    if base == "precision":
-        return float(hit.sum()) / k
-    if base == "hit_rate":
-        return float(hit.any())
-    if base == "mrr":
-        return 1.0 / (int(np.argmax(hit)) + 1) if hit.any() else 0.0
-    if n_rel == 0:
-        return 0.0
-    if base == "recall":
-        return float(hit.sum()) / n_rel
-    if base == "map":
-        ranks = np.flatnonzero(hit) + 1
-        return float((np.arange(1, ranks.size + 1) / ranks).sum()) / n_rel
-    # ndcg
-    discount = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
-    gains = np.where(top > 0, top, 0.0)
-    ideal = np.sort(judged[judged > 0])[::-1][:k]
-    idcg = float((ideal * discount[: ideal.size]).sum())
-    return float((gains * discount[: gains.size]).sum()) / idcg if idcg > 0 else 0.0
+    docs = list(scores)
+    values = list(scores.values())
+    raw = np.asarray(values)
+    if raw.ndim != 1 or raw.dtype.kind not in "iuf":  # strings, bools, None, nested sequences
+        raise _bad_score(qid, docs, values)
+    s = raw.astype(np.float64)
+    if not np.isfinite(s).all():
+        raise _bad_score(qid, docs, values)
+    order = np.argsort(-s, kind="stable")
+    ss = s[order]
+    if ss.size > 1 and (ss[1:] == ss[:-1]).any():  # ties: trec_eval breaks them by doc id, descending
+        by_id = sorted(range(len(docs)), key=docs.__getitem__, reverse=True)
+        order = np.array(sorted(by_id, key=lambda i: -s[i]), dtype=np.int64)
+    grades = np.fromiter((judged.get(d, 0) for d in docs), dtype=np.int64, count=len(docs))
+    return grades[order]
 
 
 def evaluate(
@@ -100,18 +89,39 @@ def evaluate(
         raise ValueError("metrics is empty: name at least one, e.g. 'ndcg@10'")
     if not qrels:
         raise ValueError("qrels is empty: nothing to evaluate against")
-    per_query: dict[str, dict[str, float]] = {name: {} for name in parsed}
+    from duorank.kernels.metrics import retrieval_metrics
+
+    qids = list(qrels)
     missing = []
-    for qid, judged_map in qrels.items():
-        judged = np.array(list(judged_map.values()), dtype=np.float64)
+    ranked_parts, judged_parts = [], []
+    for qid in qids:
+        judged_map = qrels[qid]
+        judged_parts.append(np.fromiter(judged_map.values(), dtype=np.int64, count=len(judged_map)))
         scores = run.get(qid)
         if not scores:
             missing.append(qid)
-            ranked = np.empty(0, np.float64)
+            ranked_parts.append(np.empty(0, np.int64))
         else:
-            ranked = _ranked_grades(judged_map, scores, qid)
-        for name, (base, k) in parsed.items():
-            per_query[name][qid] = _query_metric(base, k, ranked, judged, relevance_level)
+            ranked_parts.append(_ranked_grades(judged_map, scores, qid))
+    r_off = np.zeros(len(qids) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in ranked_parts], out=r_off[1:])
+    j_off = np.zeros(len(qids) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in judged_parts], out=j_off[1:])
+    names = list(parsed)
+    codes = np.array([_CODES[parsed[n][0]] for n in names], dtype=np.int64)
+    ks = np.array([parsed[n][1] for n in names], dtype=np.int64)
+    out = np.empty((len(names), len(qids)), dtype=np.float64)
+    retrieval_metrics(
+        np.concatenate(ranked_parts) if ranked_parts else np.empty(0, np.int64),
+        r_off,
+        np.concatenate(judged_parts),
+        j_off,
+        codes,
+        ks,
+        int(relevance_level),
+        out,
+    )
+    per_query = {n: dict(zip(qids, out[m].tolist())) for m, n in enumerate(names)}
     unjudged = sorted(q for q in run if q not in qrels)
-    mean = {name: float(np.mean(list(v.values()))) for name, v in per_query.items()}
+    mean = {n: float(out[m].mean()) for m, n in enumerate(names)}
     return EvalResult(mean=mean, per_query=per_query, missing=missing, unjudged=unjudged)

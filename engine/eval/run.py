@@ -1,0 +1,337 @@
+"""The benchmark runner: every recall / rerank configuration on one labelled dataset, in one go.
+
+`retrieval(dataset, embedder, reranker=...)` runs BM25, dense, hybrid (RRF), BM25 reranked by the
+embedder (MTEB style) and, given a cross-encoder, dense and hybrid reranked by it; each system gets the
+metrics (per query), latency per stage (p50/p99 over single queries) and throughput, and every system is
+compared with dense for significance. `sts`, `classification` and `clustering` cover the other tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from duorank.hits import Hits
+
+from . import tasks
+from .datasets import Dataset, load_labelled, load_stsb
+from .metrics import EvalResult, evaluate
+from .significance import Comparison, compare
+
+log = logging.getLogger("duorank.eval")
+
+SYSTEMS = ("bm25", "dense", "hybrid", "bm25+embedding", "dense+cross", "hybrid+cross")
+STAGES = ("embed", "search", "fetch", "rerank")
+
+
+def retrieval_metrics(top_k: int, top_n: int) -> list[str]:
+    n, k = top_n, top_k
+    return [
+        f"ndcg@{n}",
+        f"mrr@{n}",
+        f"map@{k}",
+        f"recall@{n}",
+        f"recall@{k}",
+        f"precision@{n}",
+        f"hit_rate@{n}",
+    ]
+
+
+@dataclass
+class SystemResult:
+    name: str
+    result: EvalResult
+    run: dict[str, dict[str, float]]
+    latency_ms: dict[str, dict[str, float]]  # stage -> {"p50", "p99"}; "total" included
+    queries_per_s: float  # batched throughput over every query (corpus work excluded)
+    curve: dict[str, float] = field(default_factory=dict)  # ndcg@k for the plot
+
+
+@dataclass
+class RetrievalReport:
+    dataset: str
+    split: str
+    config: dict[str, Any]
+    systems: list[SystemResult]
+    comparisons: list[Comparison]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "config": self.config,
+            "systems": [
+                {
+                    "name": s.name,
+                    "mean": s.result.mean,
+                    "per_query": s.result.per_query,
+                    "missing": s.result.missing,
+                    "latency_ms": s.latency_ms,
+                    "queries_per_s": s.queries_per_s,
+                    "ndcg_curve": s.curve,
+                }
+                for s in self.systems
+            ],
+            "significance": [c.__dict__ for c in self.comparisons],
+        }
+
+    def to_markdown(self) -> str:
+        from .report import markdown
+
+        return markdown(self)
+
+
+class _Timer:
+    """Milliseconds per stage, summed per query (a hybrid search times two searches as one stage)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = [{}]
+
+    def next_query(self) -> None:
+        self.rows.append({})
+
+    def __call__(self, stage: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = fn()
+        row = self.rows[-1]
+        row[stage] = row.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
+        return out
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        rows = [r for r in self.rows if r]
+        if not rows:
+            return {}
+        out = {}
+        for stage in [s for s in STAGES if any(s in r for r in rows)]:
+            v = np.array([r.get(stage, 0.0) for r in rows])
+            out[stage] = {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
+        total = np.array([sum(r.values()) for r in rows])
+        out["total"] = {"p50": float(np.percentile(total, 50)), "p99": float(np.percentile(total, 99))}
+        return out
+
+
+def _run_from_hits(hits: Hits, qids: Sequence[str], doc_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    run = {}
+    for r, qid in enumerate(qids):
+        valid = hits.ids[r] >= 0
+        run[qid] = {
+            doc_ids[i]: float(s) for i, s in zip(hits.ids[r][valid].tolist(), hits.scores[r][valid].tolist())
+        }
+    return run
+
+
+def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -> NDArray[np.float32]:
+    """Document vectors, cached under $DUORANK_HOME/cache by model file checksum + variant + texts."""
+    from duorank.models import VARIANTS, home
+
+    h = hashlib.sha256()
+    h.update(embedder.manifest["files"][VARIANTS[embedder.variant]]["sha256"].encode())
+    h.update(embedder.variant.encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    path = home() / "cache" / "embeddings" / f"{h.hexdigest()[:32]}.npy"
+    if cache and path.is_file():
+        arr = np.load(path)
+        if arr.shape == (len(texts), embedder.dim):
+            log.info("corpus vectors from cache %s", path)
+            return arr
+    vecs = embedder.encode(list(texts), "document", progress=True)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vecs)
+        tmp.replace(path)
+    return vecs
+
+
+def retrieval(
+    dataset: Dataset,
+    embedder: Any = None,
+    *,
+    reranker: Any = None,
+    top_k: int = 100,
+    top_n: int = 10,
+    systems: Sequence[str] | None = None,
+    latency_queries: int = 50,
+    seed: int = 0,
+    cache: bool = True,
+) -> RetrievalReport:
+    """Run every configuration on `dataset` and return the report (see the module docstring)."""
+    from duorank.index import ExactIndex
+    from duorank.lexical import BM25, rrf
+
+    if top_n > top_k:
+        raise ValueError(f"top_n {top_n} > top_k {top_k}: rerank keeps at most the top_k candidates")
+    wanted = list(systems) if systems else [s for s in SYSTEMS if ("cross" not in s or reranker is not None)]
+    unknown = [s for s in wanted if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
+    needs_dense = any(s.startswith(("dense", "hybrid")) or s == "bm25+embedding" for s in wanted)
+    if needs_dense and embedder is None:
+        raise ValueError(f"systems {wanted} need an embedder")
+    if any("cross" in s for s in wanted) and reranker is None:
+        raise ValueError("the +cross systems need a reranker")
+    metrics = retrieval_metrics(top_k, top_n)
+    doc_ids = dataset.doc_ids()
+    texts = [dataset.corpus[d] for d in doc_ids]
+    qids = list(dataset.queries)
+    queries = [dataset.queries[q] for q in qids]
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(qids), size=min(latency_queries, len(qids)), replace=False))
+
+    bm25 = BM25.build(texts) if any(s.startswith(("bm25", "hybrid")) for s in wanted) else None
+    index = None
+    if needs_dense:
+        t0 = time.perf_counter()
+        dvecs = corpus_vectors(embedder, texts, cache=cache)
+        log.info("corpus: %d docs embedded in %.1f s", len(texts), time.perf_counter() - t0)
+        index = ExactIndex(dim=embedder.dim)
+        index.add(dvecs, np.arange(len(texts)))
+        index.search(dvecs[:1], 1)  # load the kernels before timing
+
+    def dense(qs: list[str], timer: _Timer) -> Hits:
+        v = timer("embed", lambda: embedder.encode(qs, "query"))
+        return timer("search", lambda: index.search(v, top_k))  # type: ignore[union-attr]
+
+    def lexical(qs: list[str], timer: _Timer) -> Hits:
+        return timer("search", lambda: bm25.search(qs, top_k))  # type: ignore[union-attr]
+
+    def hybrid(qs: list[str], timer: _Timer) -> Hits:
+        return rrf([dense(qs, timer), lexical(qs, timer)], top_k)
+
+    def rerank_cross(first: Callable[[list[str], _Timer], Hits]) -> Callable[[list[str], _Timer], Hits]:
+        def go(qs: list[str], timer: _Timer) -> Hits:
+            hits = first(qs, timer)
+            groups = timer(
+                "fetch", lambda: [(q, [texts[i] for i in row[row >= 0]]) for q, row in zip(qs, hits.ids)]
+            )
+            scored = timer("rerank", lambda: reranker.score_groups(groups))
+            return _reorder(hits, scored)
+
+        return go
+
+    def rerank_embedding(qs: list[str], timer: _Timer) -> Hits:
+        hits = lexical(qs, timer)
+        v = timer("embed", lambda: embedder.encode(qs, "query"))
+        cand = timer("fetch", lambda: [row[row >= 0] for row in hits.ids])
+        scored = timer("rerank", lambda: [dvecs[c] @ v[i] for i, c in enumerate(cand)])
+        return _reorder(hits, scored)
+
+    runners = {
+        "bm25": lexical,
+        "dense": dense,
+        "hybrid": hybrid,
+        "bm25+embedding": rerank_embedding,
+        "dense+cross": rerank_cross(dense),
+        "hybrid+cross": rerank_cross(hybrid),
+    }
+    results = []
+    for name in wanted:
+        fn = runners[name]
+        t0 = time.perf_counter()
+        hits = fn(queries, _Timer())
+        qps = len(queries) / (time.perf_counter() - t0)
+        timer = _Timer()
+        for i in sample:
+            fn([queries[i]], timer)
+            timer.next_query()
+        run = _run_from_hits(hits, qids, doc_ids)
+        if dataset.ignore_identical_ids:  # ArguAna / Quora: a query is not its own answer
+            run = {q: {d: v for d, v in r.items() if d != q} for q, r in run.items()}
+        res = evaluate(dataset.qrels, run, metrics)
+        curve_ks = [k for k in (1, 3, 5, 10, 20, 50, 100) if k <= top_k]
+        curve = evaluate(dataset.qrels, run, [f"ndcg@{k}" for k in curve_ks]).mean
+        results.append(SystemResult(name, res, run, timer.summary(), qps, curve))
+        log.info("%s: %s", name, {m: round(v, 4) for m, v in res.mean.items()})
+
+    primary = f"ndcg@{top_n}"
+    comparisons: list[Comparison] = []
+    if "dense" in wanted and len(wanted) > 1:
+        comparisons = compare(
+            {s.name: s.result.per_query[primary] for s in results}, "dense", primary, seed=seed
+        )
+    config = {
+        "top_k": top_k,
+        "top_n": top_n,
+        "metrics": metrics,
+        "systems": wanted,
+        "seed": seed,
+        "latency_queries": len(sample),
+        "embedder": _model_config(embedder),
+        "reranker": _model_config(reranker),
+        "bm25": bm25.config if bm25 else None,
+        "versions": _versions(),
+    }
+    return RetrievalReport(dataset.name, dataset.split, config, results, comparisons)
+
+
+def _reorder(hits: Hits, scored: Sequence[NDArray[Any]]) -> Hits:
+    """The candidates of each row sorted by their new scores (ties keep the first-stage order)."""
+    ids = np.full_like(hits.ids, -1)
+    scores = np.full_like(hits.scores, -np.inf)
+    for r, s in enumerate(scored):
+        cand = hits.ids[r][hits.ids[r] >= 0]
+        order = np.argsort(-np.asarray(s), kind="stable")
+        ids[r, : len(cand)] = cand[order]
+        scores[r, : len(cand)] = np.asarray(s, dtype=np.float32)[order]
+    return Hits(ids, scores)
+
+
+def _model_config(model: Any) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    from duorank.models import VARIANTS
+
+    m = model.manifest
+    return {
+        "name": model.name,
+        "path": str(model.folder),
+        "variant": model.variant,
+        "sha256": m["files"][VARIANTS[model.variant]]["sha256"],
+        "source": m.get("source", {}),
+        "max_length": m.get("max_length"),
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in ("duorank", "numpy", "numba", "onnxruntime-gpu", "onnxruntime", "tokenizers", "bm25s"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def sts(embedder: Any, path: Any, split: str = "test") -> dict[str, float]:
+    """STS Benchmark: Spearman / Pearson (x100) of cosine vs gold on `split`."""
+    s1, s2, gold = load_stsb(path, split)
+    a = embedder.encode(s1, "document")
+    b = embedder.encode(s2, "document")
+    return {**tasks.sts(a, b, gold), "pairs": len(gold)}
+
+
+def classification(embedder: Any, path: Any) -> dict[str, float]:
+    """Logistic regression on frozen embeddings of the train split, scored on the test split (x100)."""
+    train, train_y = load_labelled(path, "train")
+    test, test_y = load_labelled(path, "test")
+    x = embedder.encode(train, "document", progress=len(train) > 2000)
+    t = embedder.encode(test, "document")
+    return {**tasks.classification(x, train_y, t, test_y), "train": len(train), "test": len(test)}
+
+
+def clustering(embedder: Any, path: Any, split: str = "test") -> dict[str, float]:
+    """k-means on the embeddings of one labelled split, k = number of labels; NMI/ARI/V/purity (x100)."""
+    texts, labels = load_labelled(path, split)
+    v = embedder.encode(texts, "document")
+    return {**tasks.clustering(v, labels), "texts": len(texts), "classes": len(set(labels))}

@@ -1,0 +1,146 @@
+"""Lexical recall (BM25 via bm25s + PyStemmer) and rank fusion (reciprocal rank, weighted scores).
+
+BM25 uses bm25s's Lucene variant (k1 1.5, b 0.75) over lowercased words with English stopwords removed
+and the Snowball stemmer; on BEIR SciFact it gives nDCG@10 68.63. Results are `Hits` like every other
+recall source, so fusion works on any mix of them. Documents with no query term get no slot (-1, -inf).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .hits import Hits
+from .validate import as_ids, as_k
+
+
+def _bm25s() -> Any:
+    os.environ.setdefault("DISABLE_TQDM", "1")  # bm25s's own bars; duorank shows its own
+    try:
+        import bm25s
+        import Stemmer
+    except ImportError as e:
+        raise ImportError('BM25 needs bm25s and PyStemmer: pip install "duorank[eval]"') from e
+    return bm25s, Stemmer
+
+
+class BM25:
+    """A BM25 index over a fixed set of texts (rebuild to change it: SciFact's 5k docs take ~1 s)."""
+
+    def __init__(
+        self, *, language: str = "english", stopwords: str | None = "en", k1: float = 1.5, b: float = 0.75
+    ) -> None:
+        bm25s, Stemmer = _bm25s()
+        try:
+            stemmer = Stemmer.Stemmer(language) if language else None
+        except KeyError:
+            raise ValueError(f"language {language!r}: expected one of {Stemmer.algorithms()}") from None
+        self._tok = bm25s.tokenization.Tokenizer(stemmer=stemmer, stopwords=stopwords)
+        self._index = bm25s.BM25(k1=k1, b=b)
+        self._ids = np.empty(0, dtype=np.int64)
+        self.config = {"language": language, "stopwords": stopwords, "k1": k1, "b": b, "method": "lucene"}
+
+    @classmethod
+    def build(cls, texts: Sequence[str], ids: ArrayLike | None = None, **options: Any) -> BM25:
+        self = cls(**options)
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a list of str")
+        if len(texts) == 0:
+            raise ValueError("texts is empty: a BM25 index needs at least one document")
+        self._ids = np.arange(len(texts), dtype=np.int64) if ids is None else as_ids(ids)
+        if len(self._ids) != len(texts):
+            raise ValueError(f"{len(self._ids)} ids for {len(texts)} texts")
+        tokens = self._tok.tokenize(list(texts), update_vocab=True, return_as="ids", show_progress=False)
+        self._index.index(tokens, show_progress=False)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search(self, queries: Sequence[str], k: int) -> Hits:
+        """Top-k documents per query by BM25 score, (n_queries, k); -1 / -inf where fewer match."""
+        k = as_k(k)
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of str (wrap one query in a list)")
+        if not len(self._ids):
+            raise ValueError("the index is empty: build it first")
+        n = len(queries)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        if n == 0:
+            return Hits(ids, scores)
+        tokens = self._tok.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        kk = min(k, len(self._ids))
+        docs, s = self._index.retrieve(tokens, k=kk, show_progress=False, n_threads=1)
+        hit = s > 0
+        ids[:, :kk] = np.where(hit, self._ids[docs], -1)
+        scores[:, :kk] = np.where(hit, s, -np.inf)
+        for q in range(n):  # equal scores: the smaller id first, as every duorank search does
+            order = np.lexsort((np.where(ids[q] >= 0, ids[q], np.iinfo(np.int64).max), -scores[q]))
+            ids[q], scores[q] = ids[q][order], scores[q][order]
+        return Hits(ids, scores)
+
+
+def rrf(runs: Sequence[Hits], k: int, *, c: int = 60, weights: Sequence[float] | None = None) -> Hits:
+    """Reciprocal rank fusion: score(d) = sum over runs of w / (c + rank of d in that run), rank from 1."""
+    w = _weights(runs, weights)
+    return _fuse(runs, k, lambda h: 1.0 / (c + np.arange(1, h.ids.shape[1] + 1, dtype=np.float64)), w)
+
+
+def weighted(
+    runs: Sequence[Hits], k: int, *, weights: Sequence[float] | None = None, normalize: str = "minmax"
+) -> Hits:
+    """Weighted sum of per-query normalised scores (min-max or z-score); a missing document adds 0."""
+    if normalize not in ("minmax", "zscore"):
+        raise ValueError(f"normalize {normalize!r}, expected 'minmax' or 'zscore'")
+    return _fuse(runs, k, None, _weights(runs, weights), normalize)
+
+
+def _weights(runs: Sequence[Hits], weights: Sequence[float] | None) -> NDArray[np.float64]:
+    if not runs:
+        raise ValueError("no runs to fuse")
+    n = runs[0].ids.shape[0]
+    if any(h.ids.shape[0] != n for h in runs):
+        raise ValueError(f"runs cover different numbers of queries: {[h.ids.shape[0] for h in runs]}")
+    w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(runs),) or not np.isfinite(w).all():
+        raise ValueError(f"weights must be {len(runs)} finite numbers, got {weights!r}")
+    return w
+
+
+def _normalise(s: NDArray[np.float64], how: str) -> NDArray[np.float64]:
+    if s.size == 0:
+        return s
+    if how == "minmax":
+        span = s.max() - s.min()
+        return (s - s.min()) / span if span > 0 else np.ones_like(s)
+    sd = s.std()
+    return (s - s.mean()) / sd if sd > 0 else np.zeros_like(s)
+
+
+def _fuse(runs: Sequence[Hits], k: int, rank_score: Any, w: NDArray[np.float64], how: str = "") -> Hits:
+    k = as_k(k)
+    n = runs[0].ids.shape[0]
+    ids = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    for q in range(n):
+        total: dict[int, float] = {}
+        for h, weight in zip(runs, w):
+            row, valid = h.ids[q], h.ids[q] >= 0
+            contrib = (
+                rank_score(h)[valid] if rank_score else _normalise(h.scores[q][valid].astype(np.float64), how)
+            )
+            for d, v in zip(row[valid].tolist(), contrib.tolist()):
+                total[d] = total.get(d, 0.0) + weight * v
+        if not total:
+            continue
+        docs = np.fromiter(total, dtype=np.int64, count=len(total))
+        vals = np.fromiter(total.values(), dtype=np.float64, count=len(total))
+        order = np.lexsort((docs, -vals))[:k]  # score desc, ties to the smaller id
+        ids[q, : len(order)] = docs[order]
+        scores[q, : len(order)] = vals[order]
+    return Hits(ids, scores)
