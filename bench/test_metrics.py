@@ -68,6 +68,9 @@ def test_pytrec_eval(benchmark, data):
 
 
 def test_ranx(benchmark, data):
+    import warnings
+
+    warnings.simplefilter("ignore")  # ranx's Numba code warns about its own casts
     ranx = pytest.importorskip("ranx")
     qrels, run = data
     metrics = ["ndcg@10", "mrr@10", "map@100", "recall@100", "precision@10", "hit_rate@10"]

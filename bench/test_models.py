@@ -162,14 +162,21 @@ def cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
+@pytest.fixture(scope="module")
+def cross_encoder_onnx(cross_encoder: Path) -> Path:
+    return export(cross_encoder, cross_encoder.parent / "onnx", backend="numpy", overwrite=True)
+
+
 @pytest.mark.parametrize("threads", THREADS)
-def test_duorank_rerank(benchmark, cross_encoder, texts, threads):
-    out = export(cross_encoder, cross_encoder.parent / f"onnx{threads}", backend="numpy", overwrite=True)
-    rr = Reranker.load(out, threads=threads)
+@pytest.mark.parametrize("mode", ["truncate", "windows"])
+def test_duorank_rerank(benchmark, cross_encoder_onnx, texts, threads, mode):
+    """truncate: the same work as CrossEncoder (first 256 tokens); windows: every token of long passages."""
+    rr = Reranker.load(cross_encoder_onnx, threads=threads, long_documents=mode)
     passages = [t for t in texts if len(t) > 200][:100]
     rr.score(QUERY, passages[:4])
     rate = _docs_per_s(lambda: rr.score(QUERY, passages), len(passages), benchmark)
-    _row("rerank", engine="duorank Reranker", threads=threads, pairs_s=rate, ms_100=100 / rate * 1e3)
+    windows = int(rr.score_detailed(QUERY, passages).windows.sum())
+    _row("rerank", engine=f"duorank Reranker ({mode}, {windows} windows)", threads=threads, pairs_s=rate)
 
 
 @pytest.mark.parametrize("threads", THREADS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,11 +45,3 @@ def pad(
         types[r, :n] = e.type_ids
     arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     return {name: arrays[name] for name in names}
-
-
-def batches(
-    encodings: Sequence[Any], budget: int, names: Sequence[str], max_batch: int = 512
-) -> Iterator[tuple[NDArray[np.int64], dict[str, NDArray[np.int64]]]]:
-    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-    for rows in plan(lengths, budget, max_batch):
-        yield rows, pad(encodings, rows, names)

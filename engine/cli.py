@@ -111,7 +111,25 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--data", required=True, metavar="PATH")
         t.add_argument("--model", default="default")
         t.add_argument("--threads", type=int)
+    ds = sub.add_parser("datasets", help="fetch public BEIR datasets into the cache (needs network)")
+    dsub = ds.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
+    g = dsub.add_parser(
+        "get",
+        help="download a BEIR zip to $DUORANK_HOME/datasets and print its path",
+        epilog="example: duorank datasets get scifact",
+    )
+    g.add_argument("name", metavar="NAME", help="BEIR name, e.g. scifact, nfcorpus, fiqa")
+    g.add_argument("--url", help="download from here instead of the public BEIR location")
     return p
+
+
+def _datasets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.datasets_command is None:
+        parser.error("datasets: choose a SUBCOMMAND: get")
+    from .eval.datasets import get
+
+    print(get(args.name, url=args.url))
+    return 0
 
 
 def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -200,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers: dict[str, Any] = {"models": _models, "eval": _eval}
+    handlers: dict[str, Any] = {"models": _models, "eval": _eval, "datasets": _datasets}
     try:
         return int(handlers[args.command](args, parser))
     except KeyboardInterrupt:

@@ -237,9 +237,11 @@ def test_classification_equals_scikit_learn():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((80, 6))
     y = (x[:, 0] + 0.3 * rng.standard_normal(80) > 0).astype(str).tolist()
-    got = tasks.classification(x[:60], y[:60], x[60:], y[60:])
+    got = tasks.classification(x[:60], y[:60], x[60:], y[60:], samples_per_label=None)
     pred = LogisticRegression(max_iter=100, random_state=42).fit(x[:60], y[:60]).predict(x[60:])
     assert got["accuracy"] == pytest.approx(100 * float(np.mean(pred == np.array(y[60:]))))
+    few = tasks.classification(x[:60], y[:60], x[60:], y[60:], samples_per_label=3, experiments=4)
+    assert 0 <= few["accuracy"] <= 100 and 0 <= few["macro_f1"] <= 100
 
 
 # ---- the runner ----------------------------------------------------------------------------------
@@ -270,11 +272,16 @@ def test_runner_plumbing_on_a_small_dataset(tmp_path, default_embedder, tiny_rer
     assert set(next(s for s in rep.systems if s.name == "dense+cross").latency_ms) >= {"fetch", "rerank"}
     assert {c.system for c in rep.comparisons} == set(names) - {"dense"}
     text = markdown(rep)
-    assert text.startswith("| system | nDCG@2 | MRR@2 | MAP@3 | R@2 | R@3 | P@2 | Hit@2 |")
+    assert text.startswith("| system | nDCG@2 | MRR@2 | MAP@3 | R@2 | R@3 | P@2 | Hit@2 | pair acc |")
     files = save(rep, tmp_path / "out", plots=False)
     data = json.loads(files[0].read_text())
     assert data["config"]["embedder"]["sha256"] and len(data["systems"]) == len(names)
     assert data["systems"][1]["per_query"]["ndcg@2"].keys() == {"q1", "q2"}
+    assert all(s.pairwise_accuracy is not None for s in rep.systems if s.name.startswith("dense"))
+    if __import__("importlib").util.find_spec("matplotlib"):
+        pngs = save(rep, tmp_path / "plots")[2:]
+        assert [p.name for p in pngs] == ["ndcg_at_k.png", "quality_latency.png"]
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     with pytest.raises(ValueError, match="unknown systems"):
         run.retrieval(ds, default_embedder, systems=["splade"])
     with pytest.raises(ValueError, match="need a reranker"):
@@ -287,3 +294,28 @@ def test_runner_ignores_identical_ids(tmp_path, default_embedder):
     ds = load_beir(_beir(tmp_path / "mini"), ignore_identical_ids=True)
     rep = run.retrieval(ds, default_embedder, top_k=4, top_n=2, systems=["dense"], latency_queries=1)
     assert "q1" not in rep.systems[0].run["q1"]
+
+
+def test_datasets_get_from_a_local_url(tmp_path, capsys):
+    from duorank.cli import main
+    from duorank.eval.datasets import get
+
+    folder = _beir(tmp_path / "mini")
+    z = tmp_path / "src.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for p in folder.rglob("*"):
+            if p.is_file():
+                f.write(p, Path("mini") / p.relative_to(folder))
+    path = get("mini", url=z.as_uri(), folder=tmp_path / "cache")
+    assert path == tmp_path / "cache" / "mini.zip" and load_beir(path).qrels == load_beir(folder).qrels
+    assert (
+        get("mini", url="file:///nonexistent.zip", folder=tmp_path / "cache") == path
+    )  # cached: no download
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="not a BEIR folder or zip"):
+        get("junk", url=(tmp_path / "junk.zip").as_uri(), folder=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*junk*"))  # nothing half-written left behind
+    with pytest.raises(DatasetError, match="could not download"):
+        get("gone", url="file:///nonexistent/gone.zip", folder=tmp_path / "cache")
+    assert main(["datasets", "get", "mini", "--url", z.as_uri()]) == 0
+    assert capsys.readouterr().out.strip().endswith("datasets/mini.zip")

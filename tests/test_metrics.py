@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -108,3 +109,62 @@ def test_bad_input_raises(qrels, run, metrics, message):
 def test_metric_names_are_case_insensitive_with_aliases():
     res = evaluate({"a": {"d": 1}}, {"a": {"d": 1.0}}, ["NDCG@10", "P@1", "Success@5"])
     assert set(res.mean) == {"ndcg@10", "precision@1", "hit_rate@5"}
+
+
+def test_equal_to_ranx_on_tie_free_runs():
+    """ranx (Numba) agrees too, on runs without ties (ranx orders ties differently from trec_eval)."""
+    ranx = pytest.importorskip("ranx")
+    rng = np.random.default_rng(1338)
+    qrels, run = {}, {}
+    for q in range(40):
+        docs = [f"d{i}" for i in rng.choice(300, size=int(rng.integers(1, 120)), replace=False)]
+        run[f"q{q}"] = {d: float(s) for d, s in zip(docs, rng.permutation(len(docs)) + rng.random())}
+        judged = rng.choice(300, size=int(rng.integers(1, 10)), replace=False)
+        qrels[f"q{q}"] = {f"d{i}": int(rng.integers(0, 3)) for i in judged}
+    qrels["q0"] = {"d1": 0}  # no relevant document at all
+    metrics = ["ndcg@10", "mrr@10", "map@100", "recall@10", "recall@100", "precision@10", "hit_rate@10"]
+    ours = evaluate(qrels, run, metrics)
+    with warnings.catch_warnings():  # ranx's own Numba code warns about its casts
+        warnings.simplefilter("ignore")
+        theirs = ranx.evaluate(
+            ranx.Qrels(qrels), ranx.Run(run), metrics, return_mean=False, make_comparable=True
+        )
+    for m in metrics:
+        by_q = dict(zip(sorted(qrels), theirs[m])) if not isinstance(theirs[m], dict) else theirs[m]
+        for q in qrels:
+            assert ours.per_query[m][q] == pytest.approx(by_q[q], abs=1e-6), (m, q)
+
+
+def test_hits_input_with_id_maps():
+    from duorank.hits import Hits
+
+    qrels = {"q1": {"a": 1, "c": 2}, "q2": {"b": 1}}
+    hits = Hits(
+        np.array([[2, 0, -1], [1, 2, 0]]), np.array([[0.9, 0.5, -np.inf], [0.3, 0.2, 0.1]], np.float32)
+    )
+    docs = ["a", "b", "c"]
+    got = evaluate(qrels, hits, ["ndcg@3", "mrr@3"], query_ids=["q1", "q2"], doc_ids=docs)
+    run = {"q1": {"c": 0.9, "a": 0.5}, "q2": {"b": 0.3, "c": 0.2, "a": 0.1}}
+    assert got.per_query == evaluate(qrels, run, ["ndcg@3", "mrr@3"]).per_query
+    dup = Hits(np.array([[0, 1]]), np.array([[1.0, 0.5]], np.float32))
+    with pytest.raises(ValueError, match="holds doc id 'x' twice"):
+        evaluate(qrels, dup, ["ndcg@3"], query_ids=["q1"], doc_ids=["x", "x"])
+    with pytest.raises(ValueError, match="needs query_ids"):
+        evaluate(qrels, hits, ["ndcg@3"])
+    with pytest.raises(ValueError, match="beyond doc_ids"):
+        evaluate(qrels, hits, ["ndcg@3"], query_ids=["q1", "q2"], doc_ids=["a"])
+
+
+def test_pairwise_accuracy():
+    from duorank.eval import pairwise_accuracy
+
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"x": 2}, "q3": {"z": 1}}
+    run = {
+        "q1": {"a": 0.9, "b": 0.1, "c": 0.95},  # pairs (a,b) right, (a,c) wrong -> 1/2
+        "q2": {"x": 0.5, "y": 0.5},  # a tie counts one half
+        "q3": {"z": 1.0},  # no non-relevant candidate: left out
+    }
+    mean, per_query = pairwise_accuracy(qrels, run)
+    assert per_query == {"q1": 0.5, "q2": 0.5} and mean == 0.5
+    with pytest.raises(ValueError, match="pairwise accuracy undefined"):
+        pairwise_accuracy({"q": {"a": 1}}, {"q": {"a": 1.0}})

@@ -1,8 +1,5 @@
-"""Evaluation: metrics that agree with trec_eval (pytrec_eval), on real labelled data.
+"""Evaluation: metrics that agree with trec_eval (pytrec_eval), datasets, the runner and its report."""
 
-Only the retrieval metrics exist yet (evaluate); datasets, runner and report arrive with issue #6.
-"""
+from .metrics import KNOWN_METRICS, EvalResult, evaluate, pairwise_accuracy, run_from_hits
 
-from .metrics import KNOWN_METRICS, EvalResult, evaluate
-
-__all__ = ["KNOWN_METRICS", "EvalResult", "evaluate"]
+__all__ = ["KNOWN_METRICS", "EvalResult", "evaluate", "pairwise_accuracy", "run_from_hits"]

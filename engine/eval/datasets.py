@@ -191,3 +191,41 @@ def _jsonl_plain(file: Path) -> Iterator[tuple[int, dict[str, object]]]:
             if not isinstance(obj, dict):
                 raise DatasetError(f"{file}:{n}: expected a JSON object")
             yield n, obj
+
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+
+
+def get(name: str, *, url: str | None = None, folder: str | Path | None = None) -> Path:
+    """The BEIR zip of dataset `name` in the cache ($DUORANK_HOME/datasets), downloaded first if absent.
+
+    `url` overrides the public BEIR location (any urllib URL, file:// included). The download goes to a
+    temporary file that is checked (a valid BEIR zip with test qrels) before it is renamed into place.
+    """
+    import shutil
+    import urllib.request
+
+    from duorank.models import home
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"dataset name {name!r}: expected a BEIR name such as 'scifact'")
+    dest_dir = Path(folder).expanduser() if folder else home() / "datasets"
+    dest = dest_dir / f"{name}.zip"
+    if dest.is_file():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest_dir / f".{name}.zip.part"
+    source = url or BEIR_URL.format(name=name)
+    try:
+        with urllib.request.urlopen(source, timeout=60) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"could not download {source}: {e}") from e
+    try:
+        load_beir(tmp)  # validates the whole dataset
+    except DatasetError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dest)
+    return dest

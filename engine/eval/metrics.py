@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from duorank.hits import Hits
+
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
 
@@ -76,14 +78,56 @@ def _ranked_grades(judged: Mapping[str, int], scores: Mapping[str, float], qid: 
     return grades[order]
 
 
+def run_from_hits(
+    hits: Hits, query_ids: Sequence[str], doc_ids: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """A run {qid: {doc_id: score}} from a Hits matrix: row r is query_ids[r], id i is doc_ids[i].
+
+    Empty slots (-1) are skipped; an id outside doc_ids, or two ids of one row that map to the same doc id
+    (e.g. two chunks of one document: group them first), raise ValueError.
+    """
+    if len(query_ids) != hits.ids.shape[0]:
+        raise ValueError(f"{len(query_ids)} query ids for {hits.ids.shape[0]} rows of hits")
+    names = np.asarray(doc_ids, dtype=object)
+    run: dict[str, dict[str, float]] = {}
+    for r, qid in enumerate(query_ids):
+        row = hits.ids[r]
+        valid = row >= 0
+        ids = row[valid]
+        if ids.size and ids.max() >= len(names):
+            raise ValueError(
+                f"hits for query {qid!r} name internal id {int(ids.max())}, beyond doc_ids ({len(names)})"
+            )
+        docs = names[ids].tolist()
+        scores = hits.scores[r][valid].tolist()
+        entry = dict(zip(docs, scores))
+        if len(entry) != len(docs):
+            dup = next(d for d in docs if docs.count(d) > 1)
+            raise ValueError(
+                f"run for query {qid!r} holds doc id {dup!r} twice; group duplicates before evaluating"
+            )
+        run[str(qid)] = entry
+    return run
+
+
 def evaluate(
     qrels: Qrels,
-    run: Run,
+    run: Run | Hits,
     metrics: Iterable[str] = DEFAULT_METRICS,
     *,
     relevance_level: int = 1,
+    query_ids: Sequence[str] | None = None,
+    doc_ids: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Score a run {qid: {doc_id: score}} against qrels {qid: {doc_id: grade}} for each 'name@k' metric."""
+    """Score a run against qrels {qid: {doc_id: grade}} for each 'name@k' metric.
+
+    run: {qid: {doc_id: score}}, or a `Hits` matrix with `query_ids` (one per row) and `doc_ids` (external
+    id of each internal id).
+    """
+    if isinstance(run, Hits):
+        if query_ids is None or doc_ids is None:
+            raise ValueError("a Hits run needs query_ids (one per row) and doc_ids (one per internal id)")
+        run = run_from_hits(run, query_ids, doc_ids)
     parsed = {f"{b}@{k}": (b, k) for b, k in map(parse_metric, metrics)}
     if not parsed:
         raise ValueError("metrics is empty: name at least one, e.g. 'ndcg@10'")
@@ -125,3 +169,32 @@ def evaluate(
     unjudged = sorted(q for q in run if q not in qrels)
     mean = {n: float(out[m].mean()) for m, n in enumerate(names)}
     return EvalResult(mean=mean, per_query=per_query, missing=missing, unjudged=unjudged)
+
+
+def pairwise_accuracy(qrels: Qrels, run: Run, *, relevance_level: int = 1) -> tuple[float, dict[str, float]]:
+    """Share of (relevant, non-relevant) candidate pairs a reranker orders correctly (ties count 1/2).
+
+    Candidates are the run's documents per query; unjudged candidates count as non-relevant. Queries
+    without at least one pair are left out of the mean (and of the per-query dict).
+    """
+    per_query: dict[str, float] = {}
+    for qid, scores in run.items():
+        judged = qrels.get(qid)
+        if judged is None or not scores:
+            continue
+        s = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+        rel = np.fromiter(
+            (judged.get(d, 0) >= relevance_level for d in scores), dtype=bool, count=len(scores)
+        )
+        pos, neg = s[rel], s[~rel]
+        if pos.size == 0 or neg.size == 0:
+            continue
+        neg_sorted = np.sort(neg)
+        below = np.searchsorted(neg_sorted, pos, side="left")
+        equal = np.searchsorted(neg_sorted, pos, side="right") - below
+        per_query[qid] = float((below + 0.5 * equal).sum() / (pos.size * neg.size))
+    if not per_query:
+        raise ValueError(
+            "no query has both a relevant and a non-relevant candidate: pairwise accuracy undefined"
+        )
+    return float(np.mean(list(per_query.values()))), per_query

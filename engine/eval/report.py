@@ -20,7 +20,16 @@ def markdown(report: Any) -> str:
     metrics = report.config["metrics"]
     primary = f"ndcg@{report.config['top_n']}"
     sig = {c.system: c for c in report.comparisons}
-    head = ["system", *map(_label, metrics), "embed ms", "search ms", "rerank ms", "total p50/p99 ms", "q/s"]
+    head = [
+        "system",
+        *map(_label, metrics),
+        "pair acc",
+        "embed ms",
+        "search ms",
+        "rerank ms",
+        "total p50/p99 ms",
+        "q/s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in report.systems:
         cells = [s.name]
@@ -30,6 +39,7 @@ def markdown(report: Any) -> str:
             if m == primary and c is not None and c.significant:
                 v += "*"
             cells.append(v)
+        cells.append(f"{100 * s.pairwise_accuracy:.2f}" if s.pairwise_accuracy is not None else "-")
         lat = s.latency_ms
         for stage in ("embed", "search", "rerank"):
             cells.append(f"{lat[stage]['p50']:.1f}" if stage in lat else "-")
