@@ -1,8 +1,9 @@
 """Retrieval metrics over ranked relevance grades, trec_eval's definitions, all queries in parallel.
 
-Inputs are flat: `ranked[r_off[q]:r_off[q+1]]` are the grades of query q's retrieved documents in rank
-order (trec_eval order: score descending, ties by document id descending), `judged[j_off[q]:j_off[q+1]]`
-every grade the qrels give query q. `codes[m]`, `ks[m]` name metric m; `out[m, q]` receives its value.
+Inputs are flat and sparse: for query q, the 0-based ranks (trec_eval order: score descending, ties by
+document id descending) and grades of its judged documents that were retrieved, the number retrieved,
+and `judged[j_off[q]:j_off[q+1]]`, every grade the qrels give query q. `codes[m]`, `ks[m]` name
+metric m; `out[m, q]` receives its value.
 Codes: 0 nDCG (linear gain, log2 discount), 1 MRR, 2 MAP, 3 recall, 4 precision, 5 hit rate.
 A document is relevant when its grade >= level.
 """
@@ -62,16 +63,49 @@ def _one(ranked, judged, code, k, level):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(
-    "void(i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, f8[:, ::1])",
+    "void(i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, f8[:, ::1])",
     parallel=True,
     cache=True,
     nogil=True,
 )
-def retrieval_metrics(ranked, r_off, judged, j_off, codes, ks, level, out):  # type: ignore[no-untyped-def]
-    """out[m, q] = metric (codes[m], ks[m]) of query q; queries run in parallel."""
-    nq = r_off.shape[0] - 1
+def retrieval_metrics(ranks, grades, s_off, n_ret, judged, j_off, codes, ks, level, out):  # type: ignore[no-untyped-def]
+    """out[m, q] = metric (codes[m], ks[m]) of query q; queries run in parallel.
+
+    Sparse input: query q retrieved n_ret[q] documents; its judged ones sit at 0-based `ranks[s_off[q]:
+    s_off[q+1]]` with `grades[...]`; every other retrieved document has grade 0.
+    """
+    nq = n_ret.shape[0]
+    kmax = 0
+    for m in range(ks.shape[0]):
+        kmax = max(kmax, ks[m])
     for q in nb.prange(nq):
-        r = ranked[r_off[q] : r_off[q + 1]]
+        dense = np.zeros(min(n_ret[q], kmax), dtype=np.int64)
+        for i in range(s_off[q], s_off[q + 1]):
+            if ranks[i] < dense.shape[0]:
+                dense[ranks[i]] = grades[i]
         j = judged[j_off[q] : j_off[q + 1]]
         for m in range(codes.shape[0]):
-            out[m, q] = _one(r, j, codes[m], ks[m], level)
+            out[m, q] = _one(dense, j, codes[m], ks[m], level)
+
+
+@nb.njit(
+    "void(f8[::1], i8[::1], i8[::1], f8[::1], i8[::1], i8[::1])",
+    parallel=True,
+    cache=True,
+    nogil=True,
+)
+def count_above(scores, r_off, entry_query, entry_score, above, equal):  # type: ignore[no-untyped-def]
+    """For each entry e (a judged document of query q = entry_query[e] with score entry_score[e]):
+    above[e] = how many of q's scores `scores[r_off[q]:r_off[q+1]]` are greater, equal[e] how many equal."""
+    for e in nb.prange(entry_query.shape[0]):
+        q = entry_query[e]
+        s = entry_score[e]
+        a = 0
+        t = 0
+        for i in range(r_off[q], r_off[q + 1]):
+            if scores[i] > s:
+                a += 1
+            elif scores[i] == s:
+                t += 1
+        above[e] = a
+        equal[e] = t

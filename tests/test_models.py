@@ -72,7 +72,8 @@ def test_default_manifest_records_provenance_and_fixed_tokenizer(default_embedde
     tok = json.loads((default_embedder.folder / "tokenizer.json").read_text())
     # the shipped tokenizer truncates at 128 and pads to 128; the model folder must not
     assert tok["truncation"]["max_length"] == 256 and tok["padding"] is None
-    assert set(m["files"]) == {"model.onnx", "tokenizer.json"}
+    assert set(m["files"]) == {"model.onnx", "model.fp16.onnx", "tokenizer.json"}
+    assert m["variants"]["fp16"]["parity"]["min_cosine"] >= parity.FP_MIN_COSINE
 
 
 def test_default_truncation_is_reported(default_embedder, caplog):
@@ -239,7 +240,7 @@ def test_bad_texts(default_embedder):
 def test_bad_options(default_embedder):
     with pytest.raises(ValueError, match="variant 'int4'"):
         Embedder.load("default", variant="int4")
-    with pytest.raises(ModelError, match=r"has no int8 variant; it has \['fp32'\]"):
+    with pytest.raises(ModelError, match=r"has no int8 variant; it has \['fp32', 'fp16'\]"):
         Embedder.load("default", variant="int8")
     with pytest.raises(ValueError, match="device 'tpu'"):
         Embedder.load("default", device="tpu")
@@ -412,7 +413,7 @@ def test_cli_models_export_and_list(tmp_path, capsys, caplog, default_embedder):
     assert main(["models", "list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     default = next(r for r in rows if r["name"] == "default")
-    assert default["kind"] == "embedder" and default["dim"] == 384 and default["variants"] == ["fp32"]
+    assert default["kind"] == "embedder" and default["dim"] == 384 and default["variants"] == ["fp16", "fp32"]
     with pytest.raises(SystemExit) as e:
         main(["models", "export", str(src), str(tmp_path / "o2"), "--int8"])
     assert e.value.code == 2 and "--int8 needs --data" in capsys.readouterr().err
@@ -423,3 +424,9 @@ def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a downloadable hub model"):
         export("sentence-transformers/all-MiniLM-L6-v2", tmp_path / "out")
+
+
+def test_default_fp16_variant_keeps_parity(default_embedder):
+    half = Embedder.load("default", variant="fp16")
+    assert half.variant == "fp16"
+    assert parity.cosines(half.encode(TEXTS), default_embedder.encode(TEXTS)).min() >= 0.9999

@@ -13,9 +13,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from duorank.hits import Hits
 
@@ -51,31 +52,68 @@ def parse_metric(name: str) -> tuple[str, int]:
 _CODES = {"ndcg": 0, "mrr": 1, "map": 2, "recall": 3, "precision": 4, "hit_rate": 5}
 
 
-def _bad_score(qid: str, docs: Sequence[str], values: Sequence[object]) -> ValueError:
-    for doc, v in zip(docs, values):
-        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        if not ok or not math.isfinite(float(v)):  # type: ignore[arg-type]
-            return ValueError(f"run[{qid!r}][{doc!r}] = {v!r}: scores must be finite numbers")
-    return ValueError(f"run[{qid!r}]: scores must be finite numbers")
+def _check_scores(run: Run, qids: Sequence[str]) -> None:
+    """Raise the precise error for the first non-finite or non-numeric score (the slow path of a failure)."""
+    for qid in qids:
+        scores = run.get(qid) or {}
+        for doc, v in scores.items():
+            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            if not ok or not math.isfinite(float(v)):
+                raise ValueError(f"run[{qid!r}][{doc!r}] = {v!r}: scores must be finite numbers")
 
 
-def _ranked_grades(judged: Mapping[str, int], scores: Mapping[str, float], qid: str) -> NDArray[np.int64]:
-    """Grades of the run's documents in trec_eval order (score desc, then doc id desc)."""
-    docs = list(scores)
-    values = list(scores.values())
-    raw = np.asarray(values)
-    if raw.ndim != 1 or raw.dtype.kind not in "iuf":  # strings, bools, None, nested sequences
-        raise _bad_score(qid, docs, values)
-    s = raw.astype(np.float64)
-    if not np.isfinite(s).all():
-        raise _bad_score(qid, docs, values)
-    order = np.argsort(-s, kind="stable")
-    ss = s[order]
-    if ss.size > 1 and (ss[1:] == ss[:-1]).any():  # ties: trec_eval breaks them by doc id, descending
-        by_id = sorted(range(len(docs)), key=docs.__getitem__, reverse=True)
-        order = np.array(sorted(by_id, key=lambda i: -s[i]), dtype=np.int64)
-    grades = np.fromiter((judged.get(d, 0) for d in docs), dtype=np.int64, count=len(docs))
-    return grades[order]
+def _judged_ranks(qrels: Qrels, run: Run, qids: list[str]) -> tuple[Any, ...]:
+    """Sparse ranking input for the metrics kernel: per query, the 0-based trec_eval ranks (score desc,
+    then doc id desc) and grades of its judged documents found in the run, and the run's length.
+
+    Every score goes through one C-level `np.fromiter`; only judged documents are ranked, by counting the
+    scores above theirs in a parallel kernel; Python touches a query's whole run only to order ties.
+    """
+    from duorank.kernels.metrics import count_above
+
+    runs = [run.get(q) or {} for q in qids]
+    n_ret = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
+    r_off = np.zeros(len(runs) + 1, dtype=np.int64)
+    np.cumsum(n_ret, out=r_off[1:])
+    try:
+        flat = np.fromiter(
+            chain.from_iterable(r.values() for r in runs), dtype=np.float64, count=int(r_off[-1])
+        )
+    except (TypeError, ValueError):
+        _check_scores(run, qids)
+        raise
+    if not np.isfinite(flat).all() or any(
+        isinstance(next(iter(r.values())), (bool, np.bool_)) for r in runs if r
+    ):
+        _check_scores(run, qids)
+    e_query: list[int] = []
+    e_doc: list[str] = []
+    e_score: list[float] = []
+    e_grade: list[int] = []
+    for i, (qid, r) in enumerate(zip(qids, runs)):
+        for d, g in qrels[qid].items():
+            v = r.get(d)
+            if v is not None:
+                e_query.append(i)
+                e_doc.append(d)
+                e_score.append(v)
+                e_grade.append(g)
+    eq = np.array(e_query, dtype=np.int64)
+    above = np.zeros(len(eq), dtype=np.int64)
+    equal = np.zeros(len(eq), dtype=np.int64)
+    count_above(flat, r_off, eq, np.array(e_score, dtype=np.float64), above, equal)
+    tied = np.flatnonzero(equal > 1)
+    keys: dict[int, list[str]] = {}
+    for e in tied.tolist():  # equal scores: the larger doc id ranks first (trec_eval)
+        q = e_query[e]
+        if q not in keys:
+            keys[q] = list(runs[q])
+        block = flat[r_off[q] : r_off[q + 1]]
+        doc = e_doc[e]
+        above[e] += sum(1 for j in np.flatnonzero(block == e_score[e]).tolist() if keys[q][j] > doc)
+    s_off = np.zeros(len(qids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(eq, minlength=len(qids)), out=s_off[1:])
+    return above, np.array(e_grade, dtype=np.int64), s_off, n_ret
 
 
 def run_from_hits(
@@ -136,35 +174,19 @@ def evaluate(
     from duorank.kernels.metrics import retrieval_metrics
 
     qids = list(qrels)
-    missing = []
-    ranked_parts, judged_parts = [], []
-    for qid in qids:
-        judged_map = qrels[qid]
-        judged_parts.append(np.fromiter(judged_map.values(), dtype=np.int64, count=len(judged_map)))
-        scores = run.get(qid)
-        if not scores:
-            missing.append(qid)
-            ranked_parts.append(np.empty(0, np.int64))
-        else:
-            ranked_parts.append(_ranked_grades(judged_map, scores, qid))
-    r_off = np.zeros(len(qids) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in ranked_parts], out=r_off[1:])
+    missing = [q for q in qids if not run.get(q)]
+    ranks, grades, s_off, n_ret = _judged_ranks(qrels, run, qids)
+    j_len = np.fromiter((len(qrels[q]) for q in qids), dtype=np.int64, count=len(qids))
+    judged_all = np.fromiter(
+        chain.from_iterable(qrels[q].values() for q in qids), dtype=np.int64, count=int(j_len.sum())
+    )
     j_off = np.zeros(len(qids) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in judged_parts], out=j_off[1:])
+    np.cumsum(j_len, out=j_off[1:])
     names = list(parsed)
     codes = np.array([_CODES[parsed[n][0]] for n in names], dtype=np.int64)
     ks = np.array([parsed[n][1] for n in names], dtype=np.int64)
     out = np.empty((len(names), len(qids)), dtype=np.float64)
-    retrieval_metrics(
-        np.concatenate(ranked_parts) if ranked_parts else np.empty(0, np.int64),
-        r_off,
-        np.concatenate(judged_parts),
-        j_off,
-        codes,
-        ks,
-        int(relevance_level),
-        out,
-    )
+    retrieval_metrics(ranks, grades, s_off, n_ret, judged_all, j_off, codes, ks, int(relevance_level), out)
     per_query = {n: dict(zip(qids, out[m].tolist())) for m, n in enumerate(names)}
     unjudged = sorted(q for q in run if q not in qrels)
     mean = {n: float(out[m].mean()) for m, n in enumerate(names)}
