@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import DuorankError, IndexFormatError
 from .hits import Hits
+from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .models import DeviceError, Embedder, ModelError, Reranker
 
@@ -24,6 +25,7 @@ __all__ = [
     "Embedder",
     "ExactIndex",
     "Hits",
+    "HnswIndex",
     "IndexFormatError",
     "ModelError",
     "Reranker",

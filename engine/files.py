@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_generation(
-    folder: Path, manifest_name: str, manifest: dict[str, Any], arrays: Mapping[str, NDArray[Any]]
+    folder: Path,
+    manifest_name: str,
+    manifest: dict[str, Any],
+    arrays: Mapping[str, NDArray[Any]],
+    blobs: Mapping[str, tuple[str, Callable[[Path], None]]] | None = None,
 ) -> None:
-    """Write arrays as `<key>.<generation>.npy`, then the manifest (with their names, sizes and sha256) last.
+    """Write arrays as `<key>.<generation>.npy` (and each blob, key -> (suffix, writer(path)), as
+    `<key>.<generation>.<suffix>`), then the manifest (their names, sizes and sha256) last.
 
     Each step writes a temporary file, fsyncs it and renames it, so a crash at any moment leaves the previous
     manifest and the files it names untouched. Files of older generations are removed after the switch.
@@ -43,13 +48,22 @@ def write_generation(
     folder.mkdir(parents=True, exist_ok=True)
     gen = uuid.uuid4().hex[:12]
     files: dict[str, dict[str, Any]] = {}
-    for key, arr in arrays.items():
-        name = f"{key}.{gen}.npy"
+
+    def save_npy(arr: NDArray[Any]) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            with open(path, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+        return write
+
+    writers = {key: ("npy", save_npy(arr)) for key, arr in arrays.items()}
+    writers.update(blobs or {})
+    for key, (suffix, write) in writers.items():
+        name = f"{key}.{gen}.{suffix}"
         tmp = folder / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
         tmp.rename(folder / name)
         files[key] = {
             "file": name,
@@ -67,8 +81,26 @@ def write_generation(
     _fsync_dir(folder)
     keep = {v["file"] for v in files.values()} | {manifest_name}
     for p in folder.iterdir():
-        if p.name not in keep and p.suffix in (".npy", ".tmp") and p.name.split(".")[0] in arrays:
+        if p.name not in keep and p.name.split(".")[0] in writers:
             p.unlink(missing_ok=True)
+
+
+def checked_file(folder: Path, manifest: dict[str, Any], key: str, *, verify: bool) -> Path:
+    """The path the manifest names for key, after checking presence, size and (if verify) sha256."""
+    try:
+        entry = manifest["files"][key]
+        path = folder / entry["file"]
+        size, digest = int(entry["bytes"]), str(entry["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IndexFormatError(f"{folder} manifest lacks a valid entry for {key!r}") from e
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing (named by the manifest for {key!r})")
+    actual = path.stat().st_size
+    if actual != size:
+        raise IndexFormatError(f"{path} has {actual} bytes, the manifest says {size}: truncated or replaced")
+    if verify and sha256_file(path) != digest:
+        raise IndexFormatError(f"{path} fails its sha256 check: the file is corrupt")
+    return path
 
 
 def read_manifest(folder: Path, manifest_name: str, fmt: str, version: int) -> dict[str, Any]:
@@ -94,19 +126,7 @@ def load_array(folder: Path, manifest: dict[str, Any], key: str, *, mmap: bool, 
     mmap maps the file copy-on-write: the file is never written, and the kernels (whose signatures take
     writeable arrays) accept the mapping.
     """
-    try:
-        entry = manifest["files"][key]
-        path = folder / entry["file"]
-        size, digest = int(entry["bytes"]), str(entry["sha256"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise IndexFormatError(f"{folder} manifest lacks a valid entry for {key!r}") from e
-    if not path.is_file():
-        raise IndexFormatError(f"{path} is missing (named by the manifest for {key!r})")
-    actual = path.stat().st_size
-    if actual != size:
-        raise IndexFormatError(f"{path} has {actual} bytes, the manifest says {size}: truncated or replaced")
-    if verify and sha256_file(path) != digest:
-        raise IndexFormatError(f"{path} fails its sha256 check: the file is corrupt")
+    path = checked_file(folder, manifest, key, verify=verify)
     try:
         return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

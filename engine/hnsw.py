@@ -1,0 +1,265 @@
+"""Approximate search: USearch HNSW behind the same protocol as ExactIndex.
+
+Vectors are L2-normalised here (zero rows stay zero) and searched by cosine, so scores are the
+same cosines ExactIndex returns and the two can be compared id for id (`recall_against`). Saved as a
+folder: `ann.<generation>.usearch` (USearch's own format, readable from C/C++/Rust/Go) and the manifest
+`index.json` last, with the file's size and sha256. `load(mmap=True)` memory-maps the file read-only
+(USearch `view`): many processes can serve one copy; adding to a viewed index is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import IndexFormatError
+from .files import checked_file, read_manifest, write_generation
+from .hits import Hits
+from .index import Dtype
+from .validate import as_ids, as_k, as_vectors
+
+log = logging.getLogger(__name__)
+
+_USEARCH_DTYPE = {Dtype.F32: "f32", Dtype.F16: "f16", Dtype.I8: "i8"}
+
+
+class HnswIndex:
+    """HNSW over USearch: add(vectors, ids), remove(ids), search(queries, k, allowed=None) -> Hits."""
+
+    FORMAT = "duorank-hnsw-index"
+    VERSION = 1
+    MANIFEST = "index.json"
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dtype: str | Dtype = "f32",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+        threads: int = 0,
+    ) -> None:
+        from usearch.index import Index
+
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        try:
+            self.dtype = Dtype(dtype)
+        except ValueError:
+            raise ValueError(f"dtype {dtype!r}, expected one of {[d.value for d in Dtype]}") from None
+        for name, v in (
+            ("connectivity", connectivity),
+            ("expansion_add", expansion_add),
+            ("expansion_search", expansion_search),
+        ):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+                raise ValueError(f"{name} must be an int >= 2, got {v!r}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: all cores), got {threads}")
+        self.dim = int(dim)
+        self.threads = int(threads)
+        self.config = {
+            "connectivity": int(connectivity),
+            "expansion_add": int(expansion_add),
+            "expansion_search": int(expansion_search),
+        }
+        self._index = Index(
+            ndim=self.dim,
+            metric="cos",
+            dtype=_USEARCH_DTYPE[self.dtype],
+            connectivity=int(connectivity),
+            expansion_add=int(expansion_add),
+            expansion_search=int(expansion_search),
+        )
+        self._viewed = False
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"HnswIndex(dim={self.dim}, dtype={self.dtype.value!r}, n={len(self)}, {self.config})"
+
+    def __contains__(self, id_: object) -> bool:
+        return (
+            isinstance(id_, (int, np.integer))
+            and not isinstance(id_, bool)
+            and bool(self._index.contains(int(id_)))
+        )
+
+    @property
+    def expansion_search(self) -> int:
+        return int(self._index.expansion_search)
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise ValueError(f"expansion_search must be an int >= 2, got {value!r}")
+        self._index.expansion_search = int(value)  # type: ignore[misc]  # a setter at run time
+        self.config["expansion_search"] = int(value)
+
+    def _writable(self, what: str) -> None:
+        if self._viewed:
+            raise ValueError(
+                f"{what}: this index is memory-mapped read-only; load(path, mmap=False) to modify it"
+            )
+
+    def add(
+        self, vectors: ArrayLike, ids: ArrayLike | None = None, *, progress: bool | None = None
+    ) -> NDArray[np.int64]:
+        """Add rows (normalised); ids default to max id + 1 on. Multi-threaded; a bar for large adds."""
+        self._writable("add")
+        v = as_vectors(vectors, self.dim, "vectors", copy=True)
+        start = int(np.max(self._index.keys)) + 1 if len(self) else 0
+        new_ids = np.arange(start, start + v.shape[0], dtype=np.int64) if ids is None else as_ids(ids)
+        if new_ids.shape[0] != v.shape[0]:
+            raise ValueError(f"got {v.shape[0]} vectors but {new_ids.shape[0]} ids")
+        if v.shape[0] == 0:
+            return new_ids
+        if len(self):
+            clash = new_ids[np.asarray(self._index.contains(new_ids), dtype=bool)]
+            if clash.size:
+                raise ValueError(f"ids already in the index: {clash[:10].tolist()} ({clash.size} in all)")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        np.divide(v, norms, out=v, where=norms > 0)
+        if (norms == 0).any():
+            log.warning("%d zero vector(s) added (they score 0 against every query)", int((norms == 0).sum()))
+        bar = None
+        if progress or (progress is None and v.shape[0] >= 50_000):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=v.shape[0], desc="hnsw add", unit="vec", leave=False)
+
+        def tick(done: int, total: int) -> bool:
+            if bar is not None:
+                bar.update(done - bar.n)
+            return True
+
+        try:
+            self._index.add(
+                new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        return new_ids
+
+    def remove(self, ids: ArrayLike) -> None:
+        """Remove rows by id; unknown or duplicate ids raise ValueError and remove nothing."""
+        self._writable("remove")
+        drop = as_ids(ids)
+        known = np.asarray(self._index.contains(drop), dtype=bool) if drop.size else np.zeros(0, bool)
+        if not known.all():
+            missing = drop[~known]
+            raise ValueError(f"remove: {missing.size} unknown id(s), first {missing[:10].tolist()}")
+        if drop.size:
+            self._index.remove(drop.astype(np.uint64))
+
+    def search(self, queries: ArrayLike, k: int = 10, *, allowed: ArrayLike | None = None) -> Hits:
+        """Approximate top-k by cosine; with `allowed` (ids), oversample and post-filter, widening the search
+        until k allowed results are found or every allowed id present has been returned."""
+        k = as_k(k)
+        q = as_vectors(queries, self.dim, "queries", copy=True)
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        np.divide(q, norms, out=q, where=norms > 0)
+        n = q.shape[0]
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        if n == 0 or len(self) == 0:
+            return Hits(ids, scores)
+        allow = None if allowed is None else np.unique(as_ids(allowed))
+        want = min(k, len(self)) if allow is None else min(k, int(allow.size))
+        if want == 0:
+            return Hits(ids, scores)
+        count = want if allow is None else min(len(self), max(4 * k, k + 32))
+        todo = np.arange(n)
+        while todo.size:
+            keys, dist, counts = self._raw(q[todo], count)
+            unfinished = []
+            for r, row in enumerate(todo):
+                got_ids = keys[r, : counts[r]].astype(np.int64)
+                got = 1.0 - dist[r, : counts[r]]
+                if allow is not None:
+                    keep = np.isin(got_ids, allow, assume_unique=False)
+                    got_ids, got = got_ids[keep], got[keep]
+                    if got_ids.size < want and count < len(self):
+                        unfinished.append(row)
+                        continue
+                m = min(k, got_ids.size)
+                ids[row, :m] = got_ids[:m]
+                scores[row, :m] = got[:m]
+            todo = np.array(unfinished, dtype=np.int64)
+            count = min(len(self), count * 4)
+        return Hits(ids, scores)
+
+    def _raw(self, q: NDArray[np.float32], count: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+        m = self._index.search(q, count, threads=self.threads)
+        keys = np.atleast_2d(m.keys)
+        dist = np.atleast_2d(m.distances)
+        counts = np.atleast_1d(getattr(m, "counts", np.full(len(q), keys.shape[1])))
+        return keys, dist, counts
+
+    def recall_against(self, exact: Any, queries: ArrayLike, k: int = 10) -> float:
+        """Mean recall@k of this index's results against exact search on the same vectors."""
+        truth = exact.search(queries, k)
+        got = self.search(queries, k)
+        hits = 0
+        total = 0
+        for t, g in zip(truth.ids, got.ids):
+            t = t[t >= 0]
+            hits += np.intersect1d(t, g[g >= 0]).size
+            total += t.size
+        return hits / total if total else 1.0
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the index into folder `path` atomically (the .usearch file first, `index.json` last)."""
+        manifest = {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "dim": self.dim,
+            "dtype": self.dtype.value,
+            "count": len(self),
+            **self.config,
+        }
+
+        def write(p: Path) -> None:
+            self._index.save(str(p))
+
+        write_generation(Path(path), self.MANIFEST, manifest, {}, {"ann": ("usearch", write)})
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = True, verify: bool = True, threads: int = 0) -> HnswIndex:
+        """Open a saved index; mmap=True views the file read-only (shared between processes)."""
+        from usearch.index import Index
+
+        folder = Path(path)
+        man = read_manifest(folder, cls.MANIFEST, cls.FORMAT, cls.VERSION)
+        try:
+            self = cls(
+                dim=int(man["dim"]),
+                dtype=str(man["dtype"]),
+                connectivity=int(man["connectivity"]),
+                expansion_add=int(man["expansion_add"]),
+                expansion_search=int(man["expansion_search"]),
+                threads=threads,
+            )
+            count = int(man["count"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{folder / cls.MANIFEST} has invalid fields: {e}") from e
+        file = checked_file(folder, man, "ann", verify=verify)
+        try:
+            index = Index.restore(str(file), view=mmap)
+        except Exception as e:  # usearch raises RuntimeError / ValueError on damaged files
+            raise IndexFormatError(f"{file} is not a readable USearch index ({e})") from e
+        if index is None or index.ndim != self.dim or len(index) != count:
+            got = None if index is None else (index.ndim, len(index))
+            raise IndexFormatError(f"{file}: (dim, count) {got}, the manifest says {(self.dim, count)}")
+        index.expansion_search = self.config["expansion_search"]  # type: ignore[misc]
+        self._index = index
+        self._viewed = bool(mmap)
+        return self
