@@ -139,6 +139,9 @@ class HnswIndex:
                 bar.update(done - bar.n)
             return True
 
+        # usearch checks the callback's annotations as types; this module's are strings (future import)
+        tick.__annotations__ = {"done": int, "total": int, "return": bool}
+
         try:
             self._index.add(
                 new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
@@ -175,7 +178,13 @@ class HnswIndex:
         want = min(k, len(self)) if allow is None else min(k, int(allow.size))
         if want == 0:
             return Hits(ids, scores)
-        count = want if allow is None else min(len(self), max(4 * k, k + 32))
+        if allow is None:  # one call, no Python loop over rows
+            keys, dist, counts = self._raw(q, want)
+            filled = np.arange(keys.shape[1])[None, :] < counts[:, None]
+            ids[:, : keys.shape[1]] = np.where(filled, keys.astype(np.int64), -1)
+            scores[:, : keys.shape[1]] = np.where(filled, 1.0 - dist, -np.inf)
+            return Hits(ids, scores)
+        count = min(len(self), max(4 * k, k + 32))
         todo = np.arange(n)
         while todo.size:
             keys, dist, counts = self._raw(q[todo], count)
@@ -183,12 +192,11 @@ class HnswIndex:
             for r, row in enumerate(todo):
                 got_ids = keys[r, : counts[r]].astype(np.int64)
                 got = 1.0 - dist[r, : counts[r]]
-                if allow is not None:
-                    keep = np.isin(got_ids, allow, assume_unique=False)
-                    got_ids, got = got_ids[keep], got[keep]
-                    if got_ids.size < want and count < len(self):
-                        unfinished.append(row)
-                        continue
+                keep = np.isin(got_ids, allow)
+                got_ids, got = got_ids[keep], got[keep]
+                if got_ids.size < want and count < len(self):
+                    unfinished.append(row)
+                    continue
                 m = min(k, got_ids.size)
                 ids[row, :m] = got_ids[:m]
                 scores[row, :m] = got[:m]

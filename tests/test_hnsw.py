@@ -76,6 +76,8 @@ def test_edge_cases(rng):
     assert 7 in z.ids[0] and z.scores[0][z.ids[0] == 7][0] == pytest.approx(0.0, abs=1e-6)
     assert 42 in h and 8 not in h and "42" not in h
     assert h.add(np.empty((0, 8), np.float32)).size == 0
+    h.add(unit_rows(rng, 300, 8), progress=True)  # the progress bar path (usearch checks the callback)
+    assert len(h) == 302
 
 
 def test_errors(rng):
