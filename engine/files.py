@@ -24,7 +24,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -70,7 +70,7 @@ def write_generation(
             "bytes": (folder / name).stat().st_size,
             "sha256": sha256_file(folder / name),
         }
-    _fsync_dir(folder)
+    fsync_dir(folder)
     text = json.dumps({**manifest, "files": files}, indent=2, sort_keys=True)
     tmp = folder / (manifest_name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -78,7 +78,7 @@ def write_generation(
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(folder / manifest_name)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     keep = {v["file"] for v in files.values()} | {manifest_name}
     for p in folder.iterdir():
         if p.name not in keep and p.name.split(".")[0] in writers:

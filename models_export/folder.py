@@ -9,16 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from duorank.files import sha256_file
+from duorank.files import fsync_dir, sha256_file
 from duorank.models import MANIFEST, MANIFEST_FORMAT
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_model_folder(
@@ -47,13 +39,13 @@ def write_model_folder(
             sums[name] = {"bytes": target.stat().st_size, "sha256": sha256_file(target)}
         doc = {**manifest, "format": MANIFEST_FORMAT, "files": sums}
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _fsync(tmp)
+        fsync_dir(tmp)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
         tmp.rename(out)
-        _fsync(out.parent)
+        fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -69,16 +69,24 @@ class _Source:
 
 def _jsonl(src: _Source, rel: str) -> Iterator[tuple[int, dict[str, object]]]:
     with src.open(rel) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{src.label(rel)}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("_id"), (str, int)):
+        for n, obj in _objects(f, src.label(rel)):
+            if not isinstance(obj.get("_id"), (str, int)):
                 raise DatasetError(f"{src.label(rel)}:{n}: expected an object with an '_id'")
             yield n, obj
+
+
+def _objects(lines: Iterable[str], label: str) -> Iterator[tuple[int, dict[str, object]]]:
+    """(line number, JSON object) of each non-blank line; errors name the file and the line."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{label}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{label}:{n}: expected a JSON object")
+        yield n, obj
 
 
 def load_beir(
@@ -181,16 +189,7 @@ def _jsonl_plain(file: Path) -> Iterator[tuple[int, dict[str, object]]]:
     except FileNotFoundError:
         raise DatasetError(f"{file}: missing") from None
     with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{file}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{file}:{n}: expected a JSON object")
-            yield n, obj
+        yield from _objects(f, str(file))
 
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
