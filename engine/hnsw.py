@@ -91,6 +91,13 @@ class HnswIndex:
             and bool(self._index.contains(int(id_)))
         )
 
+    def contains(self, ids: ArrayLike) -> NDArray[np.bool_]:
+        """For each id, whether the index holds it."""
+        arr = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        if not arr.size or not len(self):
+            return np.zeros(arr.shape, dtype=np.bool_)
+        return np.asarray(self._index.contains(arr.astype(np.uint64)), dtype=np.bool_).reshape(arr.shape)
+
     @property
     def expansion_search(self) -> int:
         return int(self._index.expansion_search)
