@@ -22,7 +22,7 @@ from duorank.hits import Hits
 
 from . import tasks
 from .datasets import Dataset, load_labelled, load_stsb
-from .metrics import EvalResult, evaluate, pairwise_accuracy
+from .metrics import EvalResult, evaluate, pairwise_accuracy, run_from_hits
 from .significance import Comparison, compare
 
 log = logging.getLogger("duorank.eval")
@@ -117,16 +117,6 @@ class _Timer:
         total = np.array([sum(r.values()) for r in rows])
         out["total"] = {"p50": float(np.percentile(total, 50)), "p99": float(np.percentile(total, 99))}
         return out
-
-
-def _run_from_hits(hits: Hits, qids: Sequence[str], doc_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-    run = {}
-    for r, qid in enumerate(qids):
-        valid = hits.ids[r] >= 0
-        run[qid] = {
-            doc_ids[i]: float(s) for i, s in zip(hits.ids[r][valid].tolist(), hits.scores[r][valid].tolist())
-        }
-    return run
 
 
 def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -> NDArray[np.float32]:
@@ -245,7 +235,7 @@ def retrieval(
         for i in sample:
             fn([queries[i]], timer)
             timer.next_query()
-        run = _run_from_hits(hits, qids, doc_ids)
+        run = run_from_hits(hits, qids, doc_ids)
         if dataset.ignore_identical_ids:  # ArguAna / Quora: a query is not its own answer
             run = {q: {d: v for d, v in r.items() if d != q} for q, r in run.items()}
         res = evaluate(dataset.qrels, run, metrics)
