@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .collection import Collection, CollectionLockedError, Found, ModelMismatchError
 from .errors import DuorankError, IndexFormatError
 from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .models import DeviceError, Embedder, ModelError, Reranker
+from .shards import search_shards
 
 try:
     __version__ = version("duorank")
@@ -19,15 +21,20 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "Collection",
+    "CollectionLockedError",
     "DeviceError",
     "Dtype",
     "DuorankError",
     "Embedder",
     "ExactIndex",
+    "Found",
     "Hits",
     "HnswIndex",
     "IndexFormatError",
     "ModelError",
+    "ModelMismatchError",
     "Reranker",
     "__version__",
+    "search_shards",
 ]

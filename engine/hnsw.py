@@ -139,7 +139,14 @@ class HnswIndex:
         if progress or (progress is None and v.shape[0] >= 50_000):
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=v.shape[0], desc="hnsw add", unit="vec", leave=False)
+            # progress=None: a bar only on a terminal (logs and CI get none)
+            bar = tqdm(
+                total=v.shape[0],
+                desc="hnsw add",
+                unit="vec",
+                leave=False,
+                disable=False if progress else None,
+            )
 
         def tick(done: int, total: int) -> bool:
             if bar is not None:
@@ -191,7 +198,8 @@ class HnswIndex:
             ids[:, : keys.shape[1]] = np.where(filled, keys.astype(np.int64), -1)
             scores[:, : keys.shape[1]] = np.where(filled, 1.0 - dist, -np.inf)
             return Hits(ids, scores)
-        count = min(len(self), max(4 * k, k + 32))
+        # Expect allow.size / len(self) of the candidates to pass the filter: oversample by its inverse.
+        count = min(len(self), max(4 * k, k + 32, int(2 * want * len(self) / allow.size)))
         todo = np.arange(n)
         while todo.size:
             keys, dist, counts = self._raw(q[todo], count)
@@ -241,31 +249,46 @@ class HnswIndex:
             "count": len(self),
             **self.config,
         }
+        write_generation(Path(path), self.MANIFEST, manifest, {}, {"ann": ("usearch", self.write)})
 
-        def write(p: Path) -> None:
-            self._index.save(str(p))
-
-        write_generation(Path(path), self.MANIFEST, manifest, {}, {"ann": ("usearch", write)})
+    def write(self, file: Path) -> None:
+        """Write the graph to one file in USearch's own format."""
+        self._index.save(str(file))
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True, verify: bool = True, threads: int = 0) -> HnswIndex:
         """Open a saved index; mmap=True views the file read-only (shared between processes)."""
-        from usearch.index import Index
-
         folder = Path(path)
         man = read_manifest(folder, cls.MANIFEST, cls.FORMAT, cls.VERSION)
+        return cls.from_manifest(folder, man, man, mmap=mmap, verify=verify, threads=threads)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        folder: Path,
+        man: dict[str, Any],
+        options: dict[str, Any],
+        *,
+        mmap: bool,
+        verify: bool,
+        threads: int = 0,
+    ) -> HnswIndex:
+        """The index in the file `man` names under key "ann"; `options` holds dim, dtype, count and the
+        graph parameters (the index's own manifest, or a collection's)."""
+        from usearch.index import Index
+
         try:
             self = cls(
-                dim=int(man["dim"]),
-                dtype=str(man["dtype"]),
-                connectivity=int(man["connectivity"]),
-                expansion_add=int(man["expansion_add"]),
-                expansion_search=int(man["expansion_search"]),
+                dim=int(options["dim"]),
+                dtype=str(options["dtype"]),
+                connectivity=int(options["connectivity"]),
+                expansion_add=int(options["expansion_add"]),
+                expansion_search=int(options["expansion_search"]),
                 threads=threads,
             )
-            count = int(man["count"])
+            count = int(options["count"])
         except (KeyError, TypeError, ValueError) as e:
-            raise IndexFormatError(f"{folder / cls.MANIFEST} has invalid fields: {e}") from e
+            raise IndexFormatError(f"{folder}: the manifest has invalid HNSW fields: {e}") from e
         file = checked_file(folder, man, "ann", verify=verify)
         try:
             index = Index.restore(str(file), view=mmap)

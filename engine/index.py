@@ -266,14 +266,18 @@ class ExactIndex:
         K.topk_sort(rows, scores)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Write the index into folder `path` atomically (data files first, manifest `index.json` last)."""
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        """The arrays save() writes, by file key (a collection stores them in its own generation)."""
         arrays: dict[str, NDArray[Any]] = {"ids": self._ids, "vectors": self._vectors}
         if self.dtype is Dtype.F16:
             arrays["codes"] = self._codes.view(np.float16)
         elif self.dtype is Dtype.I8:
             arrays["codes"] = self._codes
             arrays["scales"] = self._scales
+        return arrays
+
+    def save(self, path: str | Path) -> None:
+        """Write the index into folder `path` atomically (data files first, manifest `index.json` last)."""
         manifest = {
             "format": self.FORMAT,
             "version": self.VERSION,
@@ -282,7 +286,7 @@ class ExactIndex:
             "normalize": self.normalize,
             "count": len(self),
         }
-        write_generation(Path(path), self.MANIFEST, manifest, arrays)
+        write_generation(Path(path), self.MANIFEST, manifest, self.arrays())
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True, verify: bool = True) -> ExactIndex:
@@ -297,20 +301,25 @@ class ExactIndex:
             count = int(man["count"])
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{folder / cls.MANIFEST} has invalid fields: {e}") from e
+        index.read_arrays(folder, man, count, mmap=mmap, verify=verify)
+        return index
+
+    def read_arrays(self, folder: Path, man: dict[str, Any], count: int, *, mmap: bool, verify: bool) -> None:
+        """Fill this (empty) index from the files `man` names, checking sizes, shapes and order."""
         ids = load_array(folder, man, "ids", mmap=False, verify=verify)
         vectors = load_array(folder, man, "vectors", mmap=mmap, verify=verify)
-        expect = {"ids": (ids, (count,), np.int64), "vectors": (vectors, (count, index.dim), np.float32)}
+        expect = {"ids": (ids, (count,), np.int64), "vectors": (vectors, (count, self.dim), np.float32)}
         codes: NDArray[Any] = vectors
-        if index.dtype is Dtype.F16:
+        if self.dtype is Dtype.F16:
             codes = load_array(folder, man, "codes", mmap=mmap, verify=verify)
-            expect["codes"] = (codes, (count, index.dim), np.float16)
+            expect["codes"] = (codes, (count, self.dim), np.float16)
             codes = codes.view(np.uint16)
-        elif index.dtype is Dtype.I8:
+        elif self.dtype is Dtype.I8:
             codes = load_array(folder, man, "codes", mmap=mmap, verify=verify)
             scales = load_array(folder, man, "scales", mmap=False, verify=verify)
-            expect["codes"] = (codes, (count, index.dim), np.int8)
+            expect["codes"] = (codes, (count, self.dim), np.int8)
             expect["scales"] = (scales, (count,), np.float32)
-            index._scales = scales
+            self._scales = scales
         for key, (arr, shape, dtype) in expect.items():
             if arr.shape != shape or arr.dtype != dtype or not arr.flags.c_contiguous:
                 raise IndexFormatError(
@@ -318,5 +327,4 @@ class ExactIndex:
                 )
         if count > 1 and not (np.diff(ids) > 0).all():
             raise IndexFormatError(f"{folder}: ids are not strictly ascending: the index is corrupt")
-        index._ids, index._vectors, index._codes = ids, vectors, codes
-        return index
+        self._ids, self._vectors, self._codes = ids, vectors, codes

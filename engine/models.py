@@ -8,6 +8,7 @@ the tokenizer and the onnxruntime session are both safe to share, and no call ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -273,6 +274,16 @@ class _Model:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, variant={self.variant!r}, device={self.device!r})"
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the model's vector space: `name:digest` of its source weights (or fp32 graph), pooling and
+        prefixes. Variants (fp16, int8) and devices share it; a collection records it."""
+        m = self.manifest
+        weights = (m.get("source") or {}).get("weights_sha256") or m["files"][VARIANTS["fp32"]]["sha256"]
+        space = {"weights": weights, "pooling": m.get("pooling"), "prefixes": m.get("prefixes") or {}}
+        digest = hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.name}:{digest}"
+
     def _run(self, feeds: dict[str, NDArray[np.int64]]) -> NDArray[np.float32]:
         return np.asarray(self.session.run([self._output], feeds)[0], dtype=np.float32)
 
@@ -283,7 +294,7 @@ class _Model:
         if progress or (progress is None and len(encodings) >= 2000):
             from tqdm.auto import tqdm
 
-            plan = tqdm(plan, desc=desc, unit="batch", leave=False)
+            plan = tqdm(plan, desc=desc, unit="batch", leave=False, disable=False if progress else None)
         return ((rows, batching.pad(encodings, rows, self._inputs)) for rows in plan)
 
 

@@ -104,7 +104,9 @@ def _field(field: str, cond: Any) -> tuple[str, list[Any]]:
 class Store:
     """Documents by internal id: add, get (in the order asked), delete, filter by metadata."""
 
-    def __init__(self, path: str | Path, *, mode: str = "a") -> None:
+    def __init__(self, path: str | Path, *, mode: str = "a", immutable: bool = False) -> None:
+        """mode "r" opens read-only; immutable=True (with "r") promises nobody writes the file while it is
+        open, so SQLite skips locking: the way to serve a frozen snapshot file."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode {mode!r}, expected 'r' (read-only) or 'a' (read and append)")
         self.path = Path(path)
@@ -112,7 +114,8 @@ class Store:
         if mode == "r":
             if not self.path.is_file():
                 raise FileNotFoundError(f"{self.path}: no document store here")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            uri = self.path.resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
@@ -129,6 +132,26 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def snapshot(self, path: str | Path) -> None:
+        """Write a compact, consistent copy of the whole store to a new file `path` (VACUUM INTO)."""
+        self._db.execute("VACUUM INTO ?", (str(path),))
+
+    @classmethod
+    def copy(cls, source: str | Path, path: str | Path) -> Store:
+        """A writable store at `path` holding a copy of the store file `source` (SQLite's backup API)."""
+        src = Store(source, mode="r", immutable=True)
+        dst = cls(path, mode="a")
+        try:
+            src._db.backup(dst._db)
+        finally:
+            src.close()
+        dst._db.execute("PRAGMA journal_mode=WAL")
+        return dst
+
+    def max_id(self) -> int:
+        """The largest internal id ever stored in this file's live rows (-1 when empty)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(id), -1) FROM documents").fetchone()[0])
+
     def __enter__(self) -> Store:
         return self
 
@@ -143,8 +166,11 @@ class Store:
         texts: Sequence[str],
         external_ids: Sequence[str],
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        ids: ArrayLike | None = None,
     ) -> NDArray[np.int64]:
-        """Insert documents in one transaction and return their new internal ids (max id + 1 on)."""
+        """Insert documents in one transaction and return their internal ids: `ids` if given (new ones),
+        else max id + 1 on."""
         if self.mode == "r":
             raise ValueError(f"{self.path} is open read-only (mode='r')")
         texts, external_ids = (
@@ -182,14 +208,21 @@ class Store:
         existing = self._existing(external_ids)
         if existing:
             raise ValueError(f"ids already in the store: {existing[:10]} ({len(existing)} in all)")
-        start = int(self._db.execute("SELECT COALESCE(MAX(id), -1) FROM documents").fetchone()[0]) + 1
-        ids = np.arange(start, start + n, dtype=np.int64)
-        with self._db:  # one transaction: all rows or none
-            self._db.executemany(
-                "INSERT INTO documents (id, external_id, text, metadata) VALUES (?, ?, ?, ?)",
-                zip(ids.tolist(), external_ids, texts, metas),
-            )
-        return ids
+        if ids is None:
+            new_ids = np.arange(self.max_id() + 1, self.max_id() + 1 + n, dtype=np.int64)
+        else:
+            new_ids = as_ids(ids)
+            if new_ids.shape[0] != n:
+                raise ValueError(f"{n} texts but {new_ids.shape[0]} internal ids")
+        try:
+            with self._db:  # one transaction: all rows or none
+                self._db.executemany(
+                    "INSERT INTO documents (id, external_id, text, metadata) VALUES (?, ?, ?, ?)",
+                    zip(new_ids.tolist(), external_ids, texts, metas),
+                )
+        except sqlite3.IntegrityError as e:
+            raise ValueError(f"internal ids already in the store ({e})") from None
+        return new_ids
 
     def _existing(self, external_ids: Sequence[str]) -> list[str]:
         found: list[str] = []
@@ -216,6 +249,10 @@ class Store:
         if missing:
             raise ValueError(f"unknown document ids: {missing[:10]} ({len(missing)} in all)")
         return [got[i] for i in wanted]
+
+    def documents(self, ids: ArrayLike) -> list[tuple[str, str, dict[str, Any]]]:
+        """(external id, text, metadata) of internal ids, in the order asked; unknown ids raise ValueError."""
+        return [(e, t, json.loads(m)) for e, t, m in self._rows(ids, "external_id, text, metadata")]
 
     def get(self, ids: ArrayLike) -> list[str]:
         """Texts of internal ids, in the order asked (repeats allowed); unknown ids raise ValueError."""
