@@ -13,6 +13,7 @@ The table (recall@10, queries/s, ratio to FAISS) prints at the end and goes to b
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -116,3 +117,202 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 TABLES["ann"] = _table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scale: embedding-like rows (clusters of 64-dimensional patches in 384-d; see tests/conftest.py), duorank
+# against raw USearch, hnswlib and FAISS IndexHNSWFlat at matched recall@10. N defaults to 100,000 (about
+# 2 minutes of build per library on 2 cores); DUORANK_BENCH_ANN_N=1000000 for the full-size run.
+
+SCALE_N = int(os.environ.get("DUORANK_BENCH_ANN_N", "100000"))
+SCALE_EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+TARGETS = [0.95, 0.99]
+
+
+def _saved_bytes(p: Any, folder: Any) -> int:
+    """The index's size as its library saves it (what it holds in memory, give or take headers)."""
+    path = folder / p.name
+    if p.name == "duorank":
+        p.index.save(path)
+        return sum(f.stat().st_size for f in path.glob("ann.*"))
+    if p.name == "usearch":
+        p.index.save(str(path))
+    elif p.name == "hnswlib":
+        p.index.save_index(str(path))
+    else:
+        import faiss
+
+        faiss.write_index(p.index, str(path))
+    return path.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def scale_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from tests.conftest import embedding_like
+
+    x = embedding_like(
+        np.random.default_rng(3), SCALE_N + 1000, 384, clusters=max(50, SCALE_N // 200), latent=64
+    )
+    base, q = x[:SCALE_N], x[SCALE_N:]
+    exact = ExactIndex(dim=384)
+    exact.add(base)
+    return base, q, exact.search(q, K).ids
+
+
+class _Peer:
+    """build(x), set_ef(ef), search(q) -> ids (n, K): one library behind the same four calls."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "duorank":
+            self.index: Any = HnswIndex(dim=384, connectivity=16, expansion_add=128, threads=THREADS)
+        elif name == "usearch":
+            from usearch.index import Index
+
+            self.index = Index(ndim=384, metric="cos", dtype="f32", connectivity=16, expansion_add=128)
+        elif name == "hnswlib":
+            hnswlib = pytest.importorskip("hnswlib", reason="pip install hnswlib to compare with it")
+            self.index = hnswlib.Index(space="ip", dim=384)
+            self.index.set_num_threads(THREADS)
+        else:
+            faiss = pytest.importorskip("faiss")
+            faiss.omp_set_num_threads(THREADS)
+            self.index = faiss.IndexHNSWFlat(384, 16, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = 128
+
+    def build(self, x: np.ndarray) -> None:
+        if self.name == "duorank":
+            self.index.add(x, progress=False)
+        elif self.name == "usearch":
+            self.index.add(np.arange(len(x), dtype=np.uint64), x, threads=THREADS)
+        elif self.name == "hnswlib":
+            self.index.init_index(max_elements=len(x), ef_construction=128, M=16)
+            self.index.add_items(x, np.arange(len(x)))
+        else:
+            self.index.add(x)
+
+    def set_ef(self, ef: int) -> None:
+        if self.name == "duorank":
+            self.index.expansion_search = ef
+        elif self.name == "usearch":
+            self.index.expansion_search = ef
+        elif self.name == "hnswlib":
+            self.index.set_ef(max(ef, K))
+        else:
+            self.index.hnsw.efSearch = ef
+
+    def search(self, q: np.ndarray) -> np.ndarray:
+        if self.name == "duorank":
+            return self.index.search(q, K).ids
+        if self.name == "usearch":
+            return np.atleast_2d(self.index.search(q, K, threads=THREADS).keys).astype(np.int64)
+        if self.name == "hnswlib":
+            return self.index.knn_query(q, k=K)[0].astype(np.int64)
+        return self.index.search(q, K)[1]
+
+
+@pytest.mark.parametrize("peer", ["duorank", "usearch", "hnswlib", "faiss"])
+def test_hnsw_peers_at_matched_recall(benchmark, scale_data, peer, tmp_path):
+    x, q, truth = scale_data
+    p = _Peer(peer)
+    t = time.perf_counter()
+    p.build(x)
+    build = time.perf_counter() - t
+    memory = _saved_bytes(p, tmp_path)
+    recalls = {}
+    for ef in SCALE_EFS:
+        p.set_ef(ef)
+        recalls[ef] = _recall(p.search(q), truth)
+    for target in TARGETS:
+        ef = next((e for e in SCALE_EFS if recalls[e] >= target), None)
+        if ef is None:
+            record("ann_scale", {"peer": peer, "n": len(x), "target": target, "ef": None})
+            continue
+        p.set_ef(ef)
+        lat = []
+        for row in q[:300]:
+            t = time.perf_counter()
+            p.search(row[None, :])
+            lat.append(time.perf_counter() - t)
+        batch = q[:256]
+        record(
+            "ann_scale",
+            {
+                "peer": peer,
+                "n": len(x),
+                "target": target,
+                "ef": ef,
+                "recall": recalls[ef],
+                "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+                "qps_256": _qps(lambda b=batch: p.search(b), len(batch)),
+                "build_s": build,
+                "memory_mb": memory / 2**20,
+            },
+        )
+    benchmark.pedantic(lambda: p.search(q[:256]), rounds=3, iterations=1)
+
+
+def test_collection_filtered_search(benchmark, scale_data, tmp_path):
+    """Collection.search (with texts) batch-1 latency: unfiltered HNSW vs a 1% metadata filter, the filter
+    evaluated in SQLite (first use) and from the per-filter cache (repeats)."""
+    from duorank import Collection
+
+    x, q, _ = scale_data
+    c = Collection.create(tmp_path / "c", dim=384, index="hnsw", threads=THREADS)
+    c.add(x, [f"doc {i}" for i in range(len(x))], metadata=[{"bucket": i % 100} for i in range(len(x))])
+
+    def p50(where: Any, fresh: bool) -> tuple[float, str]:
+        lat = []
+        strategy = ""
+        for row in q[:200]:
+            if fresh:
+                c._filters.clear()
+            t = time.perf_counter()
+            strategy = c.search(row, K, where=where).strategy
+            lat.append(time.perf_counter() - t)
+        return 1e3 * float(np.percentile(lat, 50)), strategy
+
+    unfiltered, s0 = p50(None, False)
+    cached, s1 = p50({"bucket": 7}, False)
+    fresh, _ = p50({"bucket": 7}, True)
+    raw = []
+    for row in q[:200]:
+        t = time.perf_counter()
+        c._ann.search(row, K)
+        raw.append(time.perf_counter() - t)
+    record(
+        "ann_filter",
+        {
+            "n": len(x),
+            "index_p50_ms": 1e3 * float(np.percentile(raw, 50)),
+            "unfiltered_p50_ms": unfiltered,
+            "unfiltered_strategy": s0,
+            "filter_1pct_cached_p50_ms": cached,
+            "filter_1pct_sql_p50_ms": fresh,
+            "filtered_strategy": s1,
+            "ratio_cached": cached / unfiltered,
+        },
+    )
+    benchmark.pedantic(lambda: c.search(q[0], K, where={"bucket": 7}), rounds=5, iterations=1)
+    c.close()
+
+
+def _scale_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'peer':8} {'n':>8} {'target':>6} {'ef':>4} {'recall':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'q/s@256':>8} {'build s':>8} {'size MB':>7}"
+    ]
+    for r in rows:
+        if r["ef"] is None:
+            lines.append(f"{r['peer']:8} {r['n']:>8} {r['target']:>6} never reached")
+            continue
+        lines.append(
+            f"{r['peer']:8} {r['n']:>8} {r['target']:>6} {r['ef']:>4} {r['recall']:>7.4f} "
+            f"{r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['qps_256']:>8.0f} {r['build_s']:>8.1f} "
+            f"{r['memory_mb']:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+TABLES["ann_scale"] = _scale_table

@@ -13,6 +13,7 @@ from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .models import DeviceError, Embedder, ModelError, Reranker
+from .pipeline import Engine, Hit, IngestReport, Results
 from .shards import search_shards
 
 try:
@@ -27,14 +28,18 @@ __all__ = [
     "Dtype",
     "DuorankError",
     "Embedder",
+    "Engine",
     "ExactIndex",
     "Found",
+    "Hit",
     "Hits",
     "HnswIndex",
     "IndexFormatError",
+    "IngestReport",
     "ModelError",
     "ModelMismatchError",
     "Reranker",
+    "Results",
     "__version__",
     "search_shards",
 ]

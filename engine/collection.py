@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
+from .lexical import BM25
 from .store import Store
 from .validate import as_k, as_vectors
 
@@ -103,6 +105,9 @@ class Collection:
         self._next_id = int(manifest["next_id"])
         self._dirty = False
         self._filters: OrderedDict[str, NDArray[np.int64]] = OrderedDict()
+        self._bm25: BM25 | None = None
+        self._bm25_file: Any = None  # open handle on this generation's BM25 file (read on first use)
+        self._bm25_stale = False
 
     # ------------------------------------------------------------------ create / open / close
     @classmethod
@@ -119,8 +124,14 @@ class Collection:
         expansion_add: int = 128,
         expansion_search: int = 64,
         threads: int = 0,
+        bm25: bool | Mapping[str, Any] = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> Collection:
         """A new, empty collection at `path` (saved at once), open for writing.
+
+        bm25: keep a BM25 index of the texts too (True, or BM25 options such as {"language": "english"}),
+        rebuilt on save() after adds or deletes. extra: JSON-able settings kept in the manifest (the
+        Engine records its models and chunking there).
 
         dtype: what the index scans (f32, f16, i8); the float32 vectors are always kept. model: an Embedder
         or its fingerprint string, checked when the collection is opened with an embedder.
@@ -158,6 +169,8 @@ class Collection:
                 "count": 0,
                 "next_id": 0,
                 "hnsw": hnsw if index == "hnsw" else None,
+                "bm25": _bm25_options(bm25),
+                "extra": dict(extra or {}),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             store = _fresh_store(folder / cls.WORKING)
@@ -250,7 +263,14 @@ class Collection:
         if n_docs != count:
             store.close()
             raise IndexFormatError(f"{docs} holds {n_docs} documents, the manifest says {count}")
-        return cls(folder, man, mode=mode, lock=lock, vectors=vectors, ann=ann, store=store)
+        self = cls(folder, man, mode=mode, lock=lock, vectors=vectors, ann=ann, store=store)
+        if man.get("bm25") is not None and count:
+            try:
+                self._bm25_file = open(checked_file(folder, man, "bm25", verify=verify), "rb")
+            except BaseException:
+                store.close()
+                raise
+        return self
 
     def _check_model(self, embedder: Any, model: str | None) -> None:
         if embedder is not None and int(embedder.dim) != self.dim:
@@ -271,6 +291,8 @@ class Collection:
         if self._dirty and self.mode == "a":
             log.warning("%s closed with unsaved changes (discarded): call save() first", self.path)
         self._store.close()
+        if self._bm25_file is not None:
+            self._bm25_file.close()
         if self._lock is not None:
             _remove_working(self.path / self.WORKING)
             _release_lock(self._lock)
@@ -385,6 +407,7 @@ class Collection:
     def _changed(self) -> None:
         self._dirty = True
         self._filters.clear()
+        self._bm25_stale = self.manifest.get("bm25") is not None
 
     # ------------------------------------------------------------------ search
     def allowed(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
@@ -432,17 +455,107 @@ class Collection:
         HNSW with oversampling and post-filtering otherwise (widened until k allowed documents are found
         whenever k exist). "exact" / "hnsw" force one. The result says which ran.
         """
+        return self.documents(*self.hits(queries, k, where=where, strategy=strategy))
+
+    def hits(
+        self,
+        queries: ArrayLike,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        strategy: str = "auto",
+    ) -> tuple[Hits, str]:
+        """search() without fetching the documents: (Hits over internal ids, the strategy that ran)."""
         q = as_vectors(queries, self.dim, "queries")
         k = as_k(k)
         ran, allow = self.plan(where, strategy)
         if ran == "no-match":
-            hits = Hits(np.full((q.shape[0], k), -1, np.int64), np.full((q.shape[0], k), -np.inf, np.float32))
-        elif ran.startswith("hnsw"):
-            assert self._ann is not None
-            hits = self._ann.search(q, k, allowed=allow)
-        else:
-            hits = self._vectors.search(q, k, allowed=allow)
-        return self.documents(hits, ran)
+            return _empty(q.shape[0], k), ran
+        if ran.startswith("hnsw"):
+            return self._ann_search(q, k, allow), ran
+        return self._vectors.search(q, k, allowed=allow), ran
+
+    def search_text(
+        self, queries: Sequence[str], k: int = 10, *, where: Mapping[str, Any] | None = None
+    ) -> Found:
+        """Top-k documents per query text by BM25 (the collection must be created with bm25=True); `where`
+        restricts scoring to the matching documents."""
+        return self.documents(*self.text_hits(queries, k, where=where))
+
+    def text_hits(
+        self, queries: Sequence[str], k: int = 10, *, where: Mapping[str, Any] | None = None
+    ) -> tuple[Hits, str]:
+        """search_text() without fetching the documents."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of str (wrap one query in a list)")
+        k = as_k(k)
+        allow = None if where is None else self.allowed(where)
+        if allow is not None and not allow.size:
+            return _empty(len(queries), k), "no-match"
+        index = self.bm25()
+        if index is None:
+            return _empty(len(queries), k), "bm25"
+        return index.search(list(queries), k, allowed=allow), "bm25"
+
+    def vectors_of(self, ids: ArrayLike) -> NDArray[np.float32]:
+        """The float32 rows of internal ids (any shape; -1 gives a zero row)."""
+        arr = np.asarray(ids, dtype=np.int64)
+        held = self._vectors.ids
+        rows = np.searchsorted(held, np.maximum(arr, 0))
+        rows = np.minimum(rows, max(len(held) - 1, 0))
+        known = (arr >= 0) & (held[rows] == arr) if len(held) else np.zeros(arr.shape, bool)
+        if ((arr >= 0) & ~known).any():
+            raise ValueError(f"unknown internal ids: {arr[(arr >= 0) & ~known][:10].tolist()}")
+        out = self._vectors.vectors[rows] if len(held) else np.zeros((*arr.shape, self.dim), np.float32)
+        out[~known] = 0.0
+        return out
+
+    @property
+    def next_id(self) -> int:
+        """The internal id the next added document gets (ids are never reused)."""
+        return self._next_id
+
+    def bm25(self) -> BM25 | None:
+        """The BM25 index of the texts (None when empty); ValueError if the collection has none."""
+        if self.manifest.get("bm25") is None:
+            raise ValueError(f"{self.path} has no BM25 index: create the collection with bm25=True")
+        if self._bm25 is None or self._bm25_stale:
+            if self._bm25_stale:
+                self._rebuild_bm25()
+            elif self._bm25_file is not None:
+                try:
+                    self._bm25 = BM25.read(self._bm25_file)
+                except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
+                    raise IndexFormatError(f"{self.path}: the BM25 file is not readable ({e})") from e
+        return self._bm25
+
+    def _rebuild_bm25(self) -> None:
+        ids, texts = self._store.texts()
+        options = self.manifest.get("bm25") or {}
+        t0 = time.perf_counter()
+        self._bm25 = BM25.build(texts, ids, **options) if ids.size else None
+        self._bm25_stale = False
+        log.info("BM25 index of %d texts built in %.2f s", ids.size, time.perf_counter() - t0)
+
+    def _ann_search(self, q: NDArray[np.float32], k: int, allow: NDArray[np.int64] | None) -> Hits:
+        """HNSW search; over an f16/i8 graph, oversample and rescore with the float32 rows (as ExactIndex
+        does), so compact storage costs speed, not the exact cosine scores and order."""
+        assert self._ann is not None
+        oversample = ExactIndex.OVERSAMPLE.get(self._ann.dtype, 1)
+        if oversample == 1:
+            return self._ann.search(q, k, allowed=allow)
+        cand = self._ann.search(q, k * oversample, allowed=allow)
+        valid = cand.ids >= 0
+        ids = self._vectors.ids
+        rows = np.searchsorted(ids, np.where(valid, cand.ids, ids[0] if ids.size else 0))
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        scores = np.einsum("qkd,qd->qk", self._vectors.vectors[rows], qn, dtype=np.float32)
+        scores[~valid] = -np.inf
+        order = np.lexsort((np.where(valid, cand.ids, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
+        return Hits(
+            np.ascontiguousarray(np.take_along_axis(cand.ids, order, 1)),
+            np.ascontiguousarray(np.take_along_axis(scores, order, 1)),
+        )
 
     def documents(self, hits: Hits, strategy: str = "") -> Found:
         """Attach external ids, texts and metadata to hits over this collection's internal ids."""
@@ -468,6 +581,10 @@ class Collection:
         blobs: dict[str, Any] = {"docs": ("sqlite", self._store.snapshot)}
         if self._ann is not None:
             blobs["ann"] = ("usearch", self._ann.write)
+        if manifest.get("bm25") is not None and len(self):
+            index = self.bm25()
+            assert index is not None
+            blobs["bm25"] = ("zip", index.write)
         t0 = time.perf_counter()
         write_generation(self.path, self.MANIFEST, manifest, self._vectors.arrays(), blobs)
         self.manifest = read_manifest(self.path, self.MANIFEST, self.FORMAT, self.VERSION)
@@ -497,6 +614,18 @@ class Collection:
             "bytes": files,
             "total_bytes": sum(files.values()),
         }
+
+
+def _empty(n: int, k: int) -> Hits:
+    return Hits(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
+
+
+def _bm25_options(bm25: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    if bm25 is False or bm25 is None:
+        return None
+    options = {} if bm25 is True else dict(bm25)
+    BM25(**options)  # unknown options or languages fail now, not at the first save
+    return options
 
 
 def _fingerprint(model: Any) -> str | None:

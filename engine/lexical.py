@@ -7,8 +7,13 @@ recall source, so fusion works on any mix of them. Documents with no query term 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import tempfile
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +25,14 @@ from .validate import as_ids, as_k
 
 def _bm25s() -> Any:
     os.environ.setdefault("DISABLE_TQDM", "1")  # bm25s's own bars; duorank shows its own
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
     try:
         import bm25s
         import Stemmer
     except ImportError as e:
-        raise ImportError('BM25 needs bm25s and PyStemmer: pip install "duorank[eval]"') from e
+        raise ImportError(
+            "BM25 needs bm25s and PyStemmer (duorank's dependencies): pip install bm25s PyStemmer"
+        ) from e
     return bm25s, Stemmer
 
 
@@ -61,8 +69,53 @@ class BM25:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def search(self, queries: Sequence[str], k: int) -> Hits:
-        """Top-k documents per query by BM25 score, (n_queries, k); -1 / -inf where fewer match."""
+    @property
+    def ids(self) -> NDArray[np.int64]:
+        return self._ids.copy()
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to one file: an uncompressed zip of bm25s's own files (numpy arrays and JSON),
+        the tokenizer's vocabulary, the ids and the options."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            # indexed from token ids, so bm25s's vocabulary has int keys, which its JSON writer refuses
+            vocab = self._index.vocab_dict
+            self._index.vocab_dict = {str(key): v for key, v in vocab.items()}
+            try:
+                self._index.save(folder, show_progress=False)
+            finally:
+                self._index.vocab_dict = vocab
+            self._tok.save_vocab(folder)
+            np.save(folder / "ids.npy", self._ids, allow_pickle=False)
+            (folder / "duorank-bm25.json").write_text(json.dumps(self.config))
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+                for f in sorted(folder.iterdir()):
+                    z.write(f, f.name)
+
+    @classmethod
+    def read(cls, file: Any) -> BM25:
+        """Read what write() wrote (a path or an open binary file)."""
+        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(file) as z:
+            z.extractall(tmp)
+            folder = Path(tmp)
+            options = json.loads((folder / "duorank-bm25.json").read_text())
+            options.pop("method", None)
+            self = cls(**options)
+            bm25s, _ = _bm25s()
+            self._index = bm25s.BM25.load(folder, show_progress=False)
+            self._index.vocab_dict = {int(key): v for key, v in self._index.vocab_dict.items()}
+            self._tok.load_vocab(folder)
+            self._ids = np.load(folder / "ids.npy", allow_pickle=False)
+        if self._ids.ndim != 1 or self._ids.shape[0] != self._index.scores["num_docs"]:
+            raise ValueError(
+                f"BM25 file: {self._ids.shape} ids for {self._index.scores['num_docs']} documents"
+            )
+        return self
+
+    def search(self, queries: Sequence[str], k: int, *, allowed: ArrayLike | None = None) -> Hits:
+        """Top-k documents per query by BM25 score, (n_queries, k); -1 / -inf where fewer match.
+
+        allowed: only these ids (exact: the other documents' scores are masked out, not post-filtered)."""
         k = as_k(k)
         if isinstance(queries, str):
             raise TypeError("queries must be a list of str (wrap one query in a list)")
@@ -73,9 +126,12 @@ class BM25:
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if n == 0:
             return Hits(ids, scores)
+        mask = None
+        if allowed is not None:
+            mask = np.isin(self._ids, as_ids(allowed, "allowed")).astype(np.float32)
         tokens = self._tok.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
         kk = min(k, len(self._ids))
-        docs, s = self._index.retrieve(tokens, k=kk, show_progress=False, n_threads=1)
+        docs, s = self._index.retrieve(tokens, k=kk, show_progress=False, n_threads=1, weight_mask=mask)
         hit = s > 0
         ids[:, :kk] = np.where(hit, self._ids[docs], -1)
         scores[:, :kk] = np.where(hit, s, -np.inf)

@@ -288,6 +288,11 @@ class Store:
         with self._db:
             self._db.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in as_ids(ids).tolist()])
 
+    def texts(self) -> tuple[NDArray[np.int64], list[str]]:
+        """Every (internal id, text), ascending by id."""
+        rows = self._db.execute("SELECT id, text FROM documents ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
     def where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
         """Internal ids (ascending) of the documents whose metadata matches the filter."""
         sql, params = compile_filter(where)

@@ -1,0 +1,404 @@
+"""The engine: recall the top_k candidates (dense, BM25 or hybrid), rerank them, return the top_n.
+
+    engine = Engine.create("kb/", reranker="path/to/reranker", chunk_tokens=200)
+    engine.add(texts, ids=ids, metadata=metadata)       # embeds, chunks, writes the collection atomically
+    res = engine.search("how do I reset it?", top_k=50, top_n=5)
+    res[0][0].text, res[0][0].score, res.timings        # per query: the top_n hits; ms per stage
+
+Batched queries are first-class: `search([q1, ..., q256])` embeds them in one batch, searches them in one
+call and reranks every (query, candidate) pair of every query in shared token-budget batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .chunking import chunk_texts
+from .collection import Collection
+from .errors import DuorankError
+from .files import read_manifest
+from .hits import Hits
+from .lexical import rrf, weighted
+from .models import Embedder, Reranker, _check_texts
+
+log = logging.getLogger(__name__)
+
+RECALLS = ("dense", "bm25", "hybrid")
+RERANKS = ("cross", "embedding", None)
+PARENT, CHUNK = "_parent", "_chunk"  # metadata keys of chunks
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One result: the chunk (or document) found, its final score, and where recall had put it."""
+
+    id: str  # external id (of the chunk: "<parent>#<n>" when a document was split)
+    text: str
+    score: float  # rerank score (cross-encoder or cosine), or the recall score without rerank
+    recall_score: float  # cosine, BM25 or fusion score
+    recall_rank: int  # 1-based rank in the recall list
+    metadata: dict[str, Any]
+    parent: str  # the document's id (equal to id unless the document was chunked)
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Per query, the top_n hits (best first); timings in milliseconds per stage, for the whole batch."""
+
+    queries: list[str]
+    hits: list[list[Hit]]
+    timings: dict[str, float]
+    recall: str
+    rerank: str | None
+    strategy: str  # the vector search strategy (see Collection.search) or "bm25"
+    truncated: dict[str, int] = field(default_factory=dict)  # queries / (query, text) pairs cut
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i: int) -> list[Hit]:
+        return self.hits[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queries": [
+                {"query": q, "hits": [asdict(h) for h in hits]} for q, hits in zip(self.queries, self.hits)
+            ],
+            "timings_ms": self.timings,
+            "recall": self.recall,
+            "rerank": self.rerank,
+            "strategy": self.strategy,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    documents: int
+    chunks: int
+    truncated: int  # chunks (or documents) cut at the embedder's max_length: their tail is not searchable
+    seconds: float
+
+    @property
+    def documents_per_s(self) -> float:
+        return self.documents / self.seconds if self.seconds > 0 else float("inf")
+
+
+class Engine:
+    """An embedder, an optional reranker and a collection, wired together."""
+
+    def __init__(self, collection: Collection, embedder: Embedder, reranker: Reranker | None = None) -> None:
+        if collection.dim != embedder.dim:
+            raise DuorankError(f"collection dim {collection.dim} != embedder dim {embedder.dim}")
+        self.collection = collection
+        self.embedder = embedder
+        self.reranker = reranker
+        settings = collection.manifest.get("extra", {}).get("engine", {})
+        self.chunk_tokens: int | None = settings.get("chunk_tokens")
+        self.chunk_overlap: int = int(settings.get("chunk_overlap", 0))
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        embedder: str | os.PathLike[str] | Embedder = "default",
+        reranker: str | os.PathLike[str] | Reranker | None = None,
+        *,
+        index: str = "exact",
+        dtype: str = "f32",
+        bm25: bool = True,
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 32,
+        **index_options: Any,
+    ) -> Engine:
+        """A new engine folder (a collection) open for adding. chunk_tokens: split documents longer than
+        this many tokens into overlapping chunks (None: one vector per document, cut at max_length)."""
+        emb = embedder if isinstance(embedder, Embedder) else Embedder.load(embedder)
+        rr = reranker if reranker is None or isinstance(reranker, Reranker) else Reranker.load(reranker)
+        if chunk_tokens is not None:
+            room = emb.max_length - 2
+            if not 1 <= chunk_tokens <= room:
+                raise ValueError(
+                    f"chunk_tokens {chunk_tokens}: expected 1..{room} (the embedder reads {room})"
+                )
+            if not 0 <= chunk_overlap < chunk_tokens:
+                raise ValueError(f"chunk_overlap {chunk_overlap}: expected 0..{chunk_tokens - 1}")
+        settings = {
+            "embedder": _source(embedder, emb),
+            "reranker": None if rr is None else _source(reranker, rr),
+            "chunk_tokens": chunk_tokens,
+            "chunk_overlap": chunk_overlap if chunk_tokens else 0,
+        }
+        coll = Collection.create(
+            path,
+            dim=emb.dim,
+            dtype=dtype,
+            index=index,
+            model=emb,
+            bm25=bm25,
+            extra={"engine": settings},
+            **index_options,
+        )
+        return cls(coll, emb, rr)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        mode: str = "r",
+        *,
+        embedder: str | os.PathLike[str] | Embedder | None = None,
+        reranker: str | os.PathLike[str] | Reranker | bool | None = True,
+        verify: bool = True,
+        **model_options: Any,
+    ) -> Engine:
+        """Open an engine folder with the models it was built with (or those given). reranker=True: the
+        recorded one, if any; False: none. A different embedder than the collection's is refused."""
+        folder = Path(path)
+        try:
+            settings = read_manifest(folder, Collection.MANIFEST, Collection.FORMAT, Collection.VERSION)
+        except DuorankError:
+            Collection.open(folder)  # raises the precise error (missing folder, damaged manifest...)
+            raise
+        recorded = settings.get("extra", {}).get("engine", {})
+        source = embedder if embedder is not None else recorded.get("embedder") or "default"
+        emb = source if isinstance(source, Embedder) else Embedder.load(source, **model_options)
+        rr: Reranker | None = None
+        if isinstance(reranker, Reranker):
+            rr = reranker
+        elif reranker is True and recorded.get("reranker"):
+            rr = Reranker.load(recorded["reranker"], **model_options)
+        elif reranker not in (True, False, None):
+            rr = Reranker.load(reranker, **model_options)  # type: ignore[arg-type]
+        coll = Collection.open(folder, mode, embedder=emb, verify=verify)
+        return cls(coll, emb, rr)
+
+    def close(self) -> None:
+        self.collection.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def __repr__(self) -> str:
+        return f"Engine({self.collection!r}, embedder={self.embedder.name!r}, reranker={self.reranker!r})"
+
+    # ------------------------------------------------------------------ ingest
+    def add(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | int] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        progress: bool | None = None,
+        save: bool = True,
+    ) -> IngestReport:
+        """Chunk (if the engine chunks), embed in token-budget batches and add; then save the collection.
+
+        All or nothing: a bad input, an error or Ctrl-C leaves the saved collection as it was.
+        """
+        t0 = time.perf_counter()
+        texts = _check_texts(texts)
+        n = len(texts)
+        parents = (
+            [str(self.collection.next_id + i) for i in range(n)] if ids is None else [str(i) for i in ids]
+        )
+        if len(parents) != n or (metadata is not None and len(metadata) != n):
+            raise ValueError(
+                f"{n} texts, {len(parents)} ids, {n if metadata is None else len(metadata)} metadata"
+            )
+        metas = [dict(m or {}) for m in (metadata or [None] * n)]
+        for i, m in enumerate(metas):
+            if PARENT in m or CHUNK in m:
+                raise ValueError(f"metadata[{i}] uses the reserved keys {PARENT!r} / {CHUNK!r}")
+        if self.chunk_tokens:
+            chunks = chunk_texts(
+                texts, self.embedder.tokenizer, max_tokens=self.chunk_tokens, overlap=self.chunk_overlap
+            )
+            many = np.bincount([c.parent for c in chunks], minlength=n) > 1
+            chunk_text = [c.text for c in chunks]
+            chunk_ids = [parents[c.parent] + (f"#{c.number}" if many[c.parent] else "") for c in chunks]
+            chunk_meta = [{**metas[c.parent], PARENT: parents[c.parent], CHUNK: c.number} for c in chunks]
+        else:
+            chunk_text, chunk_ids, chunk_meta = texts, parents, metas
+        if n:
+            enc = self.embedder.encode_detailed(chunk_text, "document", progress=progress)
+            self.collection.add(enc.vectors, chunk_text, chunk_ids, chunk_meta)
+            truncated = enc.n_truncated
+        else:
+            truncated = 0
+        if save:
+            self.collection.save()
+        report = IngestReport(n, len(chunk_text), truncated, time.perf_counter() - t0)
+        log.info(
+            "added %d documents (%d chunks, %d cut at %d tokens) in %.1f s",
+            n,
+            len(chunk_text),
+            truncated,
+            self.embedder.max_length,
+            report.seconds,
+        )
+        return report
+
+    def delete(self, ids: Sequence[str | int]) -> None:
+        """Delete documents (with all their chunks) by id, then save; unknown ids delete nothing."""
+        wanted = [str(i) for i in ids]
+        if self.chunk_tokens:
+            internal = self.collection.allowed({PARENT: {"in": wanted}}) if wanted else np.empty(0, np.int64)
+            found = set(self.collection.store.metadata(internal)[i][PARENT] for i in range(internal.size))
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise ValueError(f"unknown ids: {missing[:10]} ({len(missing)} in all)")
+            self.collection.delete(self.collection.store.external_ids(internal))
+        else:
+            self.collection.delete(wanted)
+        self.collection.save()
+
+    def save(self) -> None:
+        self.collection.save()
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: str | Sequence[str],
+        top_k: int = 50,
+        top_n: int = 5,
+        *,
+        where: Mapping[str, Any] | None = None,
+        recall: str = "dense",
+        rerank: str | None = "auto",
+        group: bool = False,
+        fusion: str = "rrf",
+    ) -> Results:
+        """Recall top_k candidates per query, rerank them, return the top_n.
+
+        recall: "dense" (vectors), "bm25" or "hybrid" (both, fused by reciprocal rank, or fusion="weighted"
+        for min-max normalised scores). rerank: "cross" (the reranker), "embedding" (cosine with the
+        query), None (recall order), "auto" (cross when the engine has a reranker). group: one hit per
+        document (its best chunk), so top_n counts documents.
+        """
+        t_start = time.perf_counter()
+        qs = [queries] if isinstance(queries, str) else list(queries)
+        if not qs:
+            raise ValueError("no queries")
+        _check_texts(qs, "queries")
+        blank = [i for i, q in enumerate(qs) if not q.strip()]
+        if blank:
+            raise ValueError(f"queries {blank[:10]} are empty: a query needs words")
+        for name, v in (("top_k", top_k), ("top_n", top_n)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} {v!r}, expected an int >= 1")
+        if top_n > top_k:
+            raise ValueError(f"top_n {top_n} > top_k {top_k}: rerank keeps top_n of the top_k candidates")
+        if recall not in RECALLS:
+            raise ValueError(f"recall {recall!r}, expected one of {RECALLS}")
+        if rerank == "auto":
+            rerank = "cross" if self.reranker is not None else None
+        if rerank not in RERANKS:
+            raise ValueError(f"rerank {rerank!r}, expected one of {RERANKS} or 'auto'")
+        if rerank == "cross" and self.reranker is None:
+            raise ValueError(
+                "rerank='cross' needs a reranker: Engine.open(path, reranker=...) or rerank=None"
+            )
+        if fusion not in ("rrf", "weighted"):
+            raise ValueError(f"fusion {fusion!r}, expected 'rrf' or 'weighted'")
+        timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
+        truncated = {"queries": 0, "pairs": 0}
+
+        qv = np.empty((0, self.embedder.dim), np.float32)
+        if recall != "bm25" or rerank == "embedding":
+            t = time.perf_counter()
+            enc = self.embedder.encode_detailed(qs, "query")
+            qv, truncated["queries"] = enc.vectors, enc.n_truncated
+            timings["embed"] = _ms(t)
+
+        t = time.perf_counter()
+        recall_k = top_k
+        if recall == "dense":
+            hits, strategy = self.collection.hits(qv, recall_k, where=where)
+        elif recall == "bm25":
+            hits, strategy = self.collection.text_hits(qs, recall_k, where=where)
+        else:
+            dense, strategy = self.collection.hits(qv, recall_k, where=where)
+            lexical, _ = self.collection.text_hits(qs, recall_k, where=where)
+            fuse = rrf if fusion == "rrf" else weighted
+            hits = fuse([dense, lexical], recall_k)
+        timings["search"] = _ms(t)
+
+        t = time.perf_counter()
+        found = self.collection.documents(hits, strategy)
+        timings["fetch"] = _ms(t)
+
+        t = time.perf_counter()
+        final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
+        if rerank == "cross":
+            assert self.reranker is not None
+            scored = self.reranker.score_groups_detailed(list(zip(qs, found.texts)))
+            final = [s.scores.astype(np.float64) for s in scored]
+            truncated["pairs"] = sum(s.n_truncated for s in scored)
+        elif rerank == "embedding":
+            vecs = self.collection.vectors_of(hits.ids)
+            cos = np.einsum("qkd,qd->qk", vecs, qv)
+            final = [cos[i][hits.ids[i] >= 0].astype(np.float64) for i in range(len(qs))]
+        if rerank is not None:
+            timings["rerank"] = _ms(t)
+
+        out = [_top(found, hits, i, final[i], top_n, group) for i in range(len(qs))]
+        timings["total"] = _ms(t_start)
+        return Results(qs, out, timings, recall, rerank, strategy, truncated)
+
+
+def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int, group: bool) -> list[Hit]:
+    n = final.shape[0]
+    order = np.lexsort((np.arange(n), -final))  # best first; ties keep the recall order
+    out: list[Hit] = []
+    seen: set[str] = set()
+    for j in order.tolist():
+        meta = dict(found.metadata[q][j])
+        parent = str(meta.pop(PARENT, found.external_ids[q][j]))
+        meta.pop(CHUNK, None)
+        if group:
+            if parent in seen:
+                continue
+            seen.add(parent)
+        out.append(
+            Hit(
+                id=found.external_ids[q][j],
+                text=found.texts[q][j],
+                score=float(final[j]),
+                recall_score=float(hits.scores[q][j]),
+                recall_rank=j + 1,
+                metadata=meta,
+                parent=parent,
+            )
+        )
+        if len(out) == top_n:
+            break
+    return out
+
+
+def _ms(t: float) -> float:
+    return 1e3 * (time.perf_counter() - t)
+
+
+def _source(given: Any, model: Any) -> str:
+    """What to record so Engine.open can load the model again: the name or path given, else its folder."""
+    if isinstance(given, (str, os.PathLike)):
+        s = str(given)
+        return s if not Path(s).exists() else str(Path(s).resolve())
+    return str(model.folder)

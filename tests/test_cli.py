@@ -1,0 +1,165 @@
+"""The `duorank` command: demo, index, search, info, bench; exit codes 0 ok / 1 error / 2 usage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from duorank.cli import main
+from duorank.models_export import export
+from tests.tiny_bert import tiny_bert_folder
+
+DOCS = [
+    {
+        "id": "pw",
+        "text": "To reset your password, open Settings and choose Security.",
+        "metadata": {"topic": "account"},
+    },
+    {
+        "id": "bill",
+        "text": "Invoices are sent on the first day of each month.",
+        "metadata": {"topic": "billing"},
+    },
+    {
+        "id": "ship",
+        "text": "Parcels ship within two business days by courier.",
+        "metadata": {"topic": "orders"},
+    },
+    {
+        "id": "ret",
+        "text": "You may return an item within 30 days for a refund.",
+        "metadata": {"topic": "orders"},
+    },
+    {
+        "id": "2fa",
+        "text": "Two-factor authentication adds a code sent to your phone.",
+        "metadata": {"topic": "account"},
+    },
+]
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "duorank.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def kb(tmp_path, default_embedder):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    assert main(["index", str(src), "--collection", str(tmp_path / "kb"), "--json"]) == 0
+    return tmp_path / "kb"
+
+
+def test_index_search_info(kb, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["search", str(kb), "how do I change my password", "--top-n", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    hits = out["queries"][0]["hits"]
+    assert hits[0]["id"] == "pw" and len(hits) == 2
+    assert set(out["timings_ms"]) == {"embed", "search", "fetch", "rerank", "total"}
+    where = json.dumps({"topic": "orders"})
+    assert main(["search", str(kb), "refund", "--where", where, "--recall", "hybrid", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
+    assert {h["id"] for h in hits} == {"ship", "ret"}
+    assert main(["search", str(kb), "phone code", "parcel", "--top-n", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "# phone code" in text and "\t2fa\t" in text and "\tship\t" in text
+    assert main(["info", str(kb), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 5 and info["bm25"] and info["engine"]["embedder"] == "default"
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Notes about gardening and tomatoes.")
+    (folder / "sub" / "b.md").write_text("# Cooking\nHow to bake bread at home.")
+    assert main(["index", str(folder), "--collection", str(kb)]) == 0
+    assert "added 2 documents" in capsys.readouterr().out
+    assert main(["search", str(kb), "baking bread", "--top-n", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["queries"][0]["hits"][0]["id"] == "sub/b.md"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "{kb}", "   "], "empty query"),
+        (["search", "{kb}", "x", "--top-n", "9", "--top-k", "3"], "--top-n 9 > --top-k 3"),
+        (["search", "{kb}", "x", "--where", "{lang: en}"], "--where is not valid JSON"),
+        (["search", "{kb}", "x", "--where", '{"lang": {"like": "e"}}'], "unknown operator"),
+        (["search", "{kb}", "x", "--top-k", "0"], "--top-k must be >= 1"),
+        (["search", "{kb}"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(kb, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([a.replace("{kb}", str(kb)) for a in args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_errors_exit_1(kb, tmp_path, caplog):
+    assert main(["search", str(tmp_path / "missing"), "x"]) == 1
+    assert "not a duorank collection" in caplog.text
+    other = export(tiny_bert_folder(tmp_path / "hf", kind="embedder"), tmp_path / "tiny", backend="numpy")
+    assert main(["search", str(kb), "x", "--model", str(other)]) == 1
+    assert "384-d vectors" in caplog.text
+    assert main(["search", str(kb), "x", "--rerank", "cross"]) == 1
+    assert "needs a reranker" in caplog.text
+    assert main(["index", str(tmp_path / "nothing-here"), "--collection", str(kb)]) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "pw", "text": "again"}\n')
+    assert main(["index", str(bad), "--collection", str(kb)]) == 1
+    assert "already in the store" in caplog.text
+    assert main(["info", str(kb), "--json"]) == 0  # nothing of the failed index landed
+
+
+def test_ctrl_c_during_index_keeps_the_collection(kb, tmp_path):
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as f:
+        for i in range(3000):
+            f.write(
+                json.dumps({"id": f"d{i}", "text": f"Document {i}. " + "Some words about things. " * 30})
+                + "\n"
+            )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duorank.cli", "index", str(big), "--collection", str(kb)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    deadline = time.monotonic() + 120
+    while not (kb / "docs-writer.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the writer opened the collection: imports and model load are done
+    time.sleep(1.5)  # embedding under way (3000 documents take minutes)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    res = _run("info", str(kb), "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["count"] == 5
+
+
+def test_demo_in_a_subprocess(default_embedder):
+    res = _run("demo", "--max-documents", "12", "--top-n", "2", "what does the assert statement do?")
+    assert res.returncode == 0, res.stderr
+    assert "Q: what does the assert statement do?" in res.stdout
+    assert "rank before rerank" in res.stdout and "timings" in res.stdout
+    assert "building the demo knowledge base" in res.stderr
+    again = _run("demo", "--max-documents", "12", "--json", "assert")
+    assert again.returncode == 0 and "building" not in again.stderr  # cached
+    assert json.loads(again.stdout)["queries"][0]["hits"]
+
+
+def test_help_on_every_command():
+    for cmd in ("demo", "index", "search", "info", "bench"):
+        res = _run(cmd, "--help", timeout=60)
+        assert res.returncode == 0 and "example" in res.stdout, cmd
