@@ -163,3 +163,11 @@ def test_help_on_every_command():
     for cmd in ("demo", "index", "search", "info", "bench"):
         res = _run(cmd, "--help", timeout=60)
         assert res.returncode == 0 and "example" in res.stdout, cmd
+
+
+def test_bench_prints_rates(default_embedder):
+    res = _run("bench", "--documents", "20", "--queries", "5", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["documents"] == 20 and out["ingest_docs_per_s"] > 0
+    assert set(out["query_p50_ms"]) == {"embed", "search", "fetch", "rerank", "total"}
