@@ -69,6 +69,33 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--optimize", action="store_true", help="fuse with onnxruntime's transformer optimizer")
     ex.add_argument("--revision", help="hub revision (hub ids only)")
     ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    tr = msub.add_parser(
+        "train-reranker",
+        help="fine-tune a cross-encoder on labelled queries (BEIR layout) and export it",
+        description="Fine-tune a cross-encoder from an encoder's weights on the labelled queries of a "
+        "BEIR dataset (never its test split), choose the blend weight and rerank depth on a held-out dev "
+        "part, and export it through the parity gate. Needs the [export] extra (torch, transformers).",
+        epilog="examples:\n  duorank models train-reranker --data ../shared/data/scifact --out ./reranker\n"
+        "  duorank models train-reranker --base ./my-encoder --data ./my-qrels --out ./rr --epochs 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tr.add_argument("--base", help="Hugging Face encoder folder (default: all-MiniLM-L6-v2 from [models])")
+    tr.add_argument("--data", required=True, metavar="BEIR", help="BEIR folder or zip with qrels/<split>.tsv")
+    tr.add_argument("--split", default="train", help="labelled split to train on (default: %(default)s)")
+    tr.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
+    tr.add_argument("--epochs", type=int, default=2)
+    tr.add_argument("--batch-size", type=int, default=16, help="pairs per step (groups of --group-size)")
+    tr.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives (default: 8)")
+    tr.add_argument("--max-length", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=5e-5)
+    tr.add_argument("--negatives", type=int, default=50, help="depth of the lists negatives come from")
+    tr.add_argument("--sources", default="dense,bm25", help="first stages for negatives: dense,bm25")
+    tr.add_argument("--dev-fraction", type=float, default=0.135)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--max-queries", type=int, help="train on the first N queries only (quick runs)")
+    tr.add_argument("--max-steps", type=int, help="stop after N steps")
+    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with native bf16 only)")
+    tr.add_argument("--force", action="store_true", help="replace OUT if it exists")
     ev = sub.add_parser(
         "eval",
         help="measure retrieval, rerank, STS, clustering, classification on labelled data",
@@ -518,7 +545,39 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         print(out)
         return 0
-    parser.error("models: choose a SUBCOMMAND: list or export (see duorank models --help)")
+    if args.models_command == "train-reranker":
+        from .models_export.builtin import weights_folder
+        from .models_export.train import TrainConfig, train_reranker
+
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            group_size=args.group_size,
+            max_length=args.max_length,
+            lr=args.lr,
+            negatives=args.negatives,
+            sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
+            dev_fraction=args.dev_fraction,
+            seed=args.seed,
+            max_queries=args.max_queries,
+            max_steps=args.max_steps,
+            bf16=args.bf16,
+        )
+        base = args.base or weights_folder("default")[0]
+        report = train_reranker(
+            base, args.data, args.out, split=args.split, config=config, overwrite=args.force
+        )
+        print(report.out)
+        log.warning(
+            "trained %d steps in %.0f s; dev choice: %s top-%d, blend %.1f",
+            report.steps,
+            report.seconds,
+            report.source,
+            report.depth,
+            report.blend,
+        )
+        return 0
+    parser.error("models: choose a SUBCOMMAND: list, export or train-reranker (see duorank models --help)")
     return 2
 
 

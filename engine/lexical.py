@@ -156,6 +156,18 @@ def weighted(
     return _fuse(runs, k, None, _weights(runs, weights), normalize)
 
 
+def blend(first: ArrayLike, second: ArrayLike, weight: float) -> NDArray[np.float64]:
+    """weight * z(second) + (1 - weight) * z(first), each score z-normalised within its list (one query's
+    candidates): how a reranker's score is mixed with the first stage's. weight 1.0 keeps second's order."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend weight {weight!r}: expected 0 <= weight <= 1 (1: the reranker alone)")
+    a = _normalise(np.asarray(first, dtype=np.float64), "zscore")
+    b = _normalise(np.asarray(second, dtype=np.float64), "zscore")
+    if a.shape != b.shape:
+        raise ValueError(f"blend: {a.shape} first-stage scores but {b.shape} reranker scores")
+    return weight * b + (1.0 - weight) * a
+
+
 def _weights(runs: Sequence[Hits], weights: Sequence[float] | None) -> NDArray[np.float64]:
     if not runs:
         raise ValueError("no runs to fuse")

