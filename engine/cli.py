@@ -275,10 +275,12 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not (folder / "collection.json").is_file():
         texts, ids, meta = demo.corpus(args.max_documents)
         log.warning("building the demo knowledge base (once): %d documents into %s", len(texts), folder)
-        if folder.exists():
-            shutil.rmtree(folder)  # a build interrupted before its first save
-        with Engine.create(folder, chunk_tokens=200, chunk_overlap=32) as eng:
+        building = folder.with_name(folder.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)  # what an interrupted build left
+        with Engine.create(building, chunk_tokens=200, chunk_overlap=32) as eng:
             eng.add(texts, ids, meta)  # a progress bar when stderr is a terminal
+        shutil.rmtree(folder, ignore_errors=True)
+        building.rename(folder)  # complete, or absent
     with Engine.open(folder) as eng:
         questions = [" ".join(args.question)] if args.question else demo.QUESTIONS
         recall = "hybrid"

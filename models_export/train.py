@@ -224,12 +224,12 @@ def train_reranker(
                     opt.step()
                     sched.step()
                     report.steps += 1
-                    report.losses.append(float(loss))
+                    report.losses.append(float(loss.detach()))
                     if on_step is not None:
-                        on_step(report.steps, float(loss))
+                        on_step(report.steps, report.losses[-1])
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch + 1)
+                        bar.set_postfix(loss=f"{report.losses[-1]:.3f}", epoch=epoch + 1)
                 score = _dev_ndcg(torch, model, tok, ds, dev_q, runs[cfg.sources[0]], cfg.dev_depth, cfg)
                 report.dev_curve.append({"epoch": epoch + 1, "step": report.steps, "dev_ndcg@10": score})
                 log.info(
