@@ -5,12 +5,22 @@ Importing this module loads (or compiles, first time) every kernel; the engine i
 Thread pool: Numba's. If Numba picks its OpenMP layer, OpenMP's default active spin-wait would keep a
 core busy after each parallel kernel and starve BLAS or the next call on small machines (PERF.md), so
 OMP_WAIT_POLICY defaults to PASSIVE here unless the caller set it (it takes effect only if OpenMP was
-not loaded yet by another library).
+not loaded yet by another library). Numba's compiled-kernel cache goes to $DUORANK_HOME/numba unless
+NUMBA_CACHE_DIR is set (it takes effect only if Numba was not imported yet).
 """
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Compiled kernels are cached in $DUORANK_HOME/numba (default ~/.cache/duorank/numba), not in __pycache__
+# beside the installed sources: site-packages stays as pip wrote it, and an uninstall leaves nothing behind
+# (a leftover duorank/kernels/__pycache__ would become a namespace package shadowing a later install).
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    os.path.join(
+        os.environ.get("DUORANK_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "duorank"), "numba"
+    ),
+)
 
 from .dot import decode_rows, dot_gather
 from .normalize import normalize_rows

@@ -39,3 +39,19 @@ def test_cli_help_and_version_without_numba():
     assert res.returncode == 0 and res.stdout.strip() == f"duorank {duorank.__version__}"
     res = run_cli("--no-such-flag")
     assert res.returncode == 2 and "unrecognized arguments" in res.stderr
+
+
+def test_numba_cache_goes_to_duorank_home_not_site_packages(tmp_path):
+    """An installed duorank must not write into its own package folder: leftover cache files there make
+    `duorank` a namespace package that shadows the next (e.g. editable) install."""
+    probe = (
+        "import os, numpy as np, duorank.kernels as K; "
+        "K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32)); "
+        "print(os.environ['NUMBA_CACHE_DIR'])"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["DUORANK_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "numba")
+    assert list((tmp_path / "numba").rglob("*.nbi")), "no kernel was cached under DUORANK_HOME/numba"
