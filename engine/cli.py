@@ -314,21 +314,22 @@ def _load_source(source: str) -> tuple[list[str], list[str], list[dict[str, Any]
     from pathlib import Path
 
     if source == "-" or source.endswith(".jsonl"):
+        from .eval.datasets import _objects  # one JSON-lines reader: errors name file and line
+
         stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
-        texts, ids, meta = [], [], []
+        texts: list[str] = []
+        ids: list[str] = []
+        meta: list[dict[str, Any]] = []
         with stream:
-            for n, line in enumerate(stream, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{source} line {n}: not JSON ({e})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError(f"{source} line {n}: expected an object with a string 'text'")
-                texts.append(obj["text"])
+            for n, obj in _objects(stream, source):
+                if not isinstance(obj.get("text"), str):
+                    raise ValueError(f"{source}:{n}: expected an object with a string 'text'")
+                texts.append(str(obj["text"]))
                 ids.append(str(obj.get("id", obj.get("_id", n))))
-                meta.append(obj.get("metadata") or {})
+                m = obj.get("metadata") or {}
+                if not isinstance(m, dict):
+                    raise ValueError(f"{source}:{n}: 'metadata' must be a JSON object")
+                meta.append(m)
         return texts, ids, meta
     path = Path(source)
     if path.is_file():

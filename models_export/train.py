@@ -286,7 +286,15 @@ def _seed_everything(torch: Any, seed: int) -> None:
 def _group_loss(
     torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], groups: int, cfg: TrainConfig
 ) -> Any:
-    enc = tok(
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits = model(**_encode(tok, pairs, cfg)).logits.float().view(groups, cfg.group_size)
+    target = torch.zeros(groups, dtype=torch.long)
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _encode(tok: Any, pairs: list[tuple[str, str]], cfg: TrainConfig) -> Any:
+    """(query, document) pairs as padded tensors; only the document is cut at max_length."""
+    return tok(
         [q for q, _ in pairs],
         [d for _, d in pairs],
         truncation="only_second",
@@ -294,10 +302,6 @@ def _group_loss(
         padding=True,
         return_tensors="pt",
     )
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits = model(**enc).logits.float().view(groups, cfg.group_size)
-    target = torch.zeros(groups, dtype=torch.long)
-    return torch.nn.functional.cross_entropy(logits, target)
 
 
 def _score(torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], cfg: TrainConfig) -> np.ndarray:
@@ -305,17 +309,8 @@ def _score(torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], cfg: 
     out = []
     with torch.no_grad():
         for i in range(0, len(pairs), 32):
-            chunk = pairs[i : i + 32]
-            enc = tok(
-                [q for q, _ in chunk],
-                [d for _, d in chunk],
-                truncation="only_second",
-                max_length=cfg.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                out.append(model(**enc).logits.float().view(-1).numpy())
+                out.append(model(**_encode(tok, pairs[i : i + 32], cfg)).logits.float().view(-1).numpy())
     model.train()
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
