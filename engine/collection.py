@@ -498,16 +498,12 @@ class Collection:
         return index.search(list(queries), k, allowed=allow), "bm25"
 
     def vectors_of(self, ids: ArrayLike) -> NDArray[np.float32]:
-        """The float32 rows of internal ids (any shape; -1 gives a zero row)."""
+        """The float32 rows of internal ids (any shape; -1 gives a zero row); unknown ids raise ValueError."""
         arr = np.asarray(ids, dtype=np.int64)
-        held = self._vectors.ids
-        rows = np.searchsorted(held, np.maximum(arr, 0))
-        rows = np.minimum(rows, max(len(held) - 1, 0))
-        known = (arr >= 0) & (held[rows] == arr) if len(held) else np.zeros(arr.shape, bool)
-        if ((arr >= 0) & ~known).any():
-            raise ValueError(f"unknown internal ids: {arr[(arr >= 0) & ~known][:10].tolist()}")
-        out = self._vectors.vectors[rows] if len(held) else np.zeros((*arr.shape, self.dim), np.float32)
-        out[~known] = 0.0
+        out = np.zeros((*arr.shape, self.dim), np.float32)
+        known = arr >= 0
+        if known.any():
+            out[known] = self._vectors.vectors[self._vectors._rows_of(arr[known], "vectors_of")]
         return out
 
     @property
@@ -546,10 +542,8 @@ class Collection:
             return self._ann.search(q, k, allowed=allow)
         cand = self._ann.search(q, k * oversample, allowed=allow)
         valid = cand.ids >= 0
-        ids = self._vectors.ids
-        rows = np.searchsorted(ids, np.where(valid, cand.ids, ids[0] if ids.size else 0))
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        scores = np.einsum("qkd,qd->qk", self._vectors.vectors[rows], qn, dtype=np.float32)
+        scores = np.einsum("qkd,qd->qk", self.vectors_of(cand.ids), qn, dtype=np.float32)
         scores[~valid] = -np.inf
         order = np.lexsort((np.where(valid, cand.ids, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
         return Hits(

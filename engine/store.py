@@ -209,7 +209,8 @@ class Store:
         if existing:
             raise ValueError(f"ids already in the store: {existing[:10]} ({len(existing)} in all)")
         if ids is None:
-            new_ids = np.arange(self.max_id() + 1, self.max_id() + 1 + n, dtype=np.int64)
+            start = self.max_id() + 1
+            new_ids = np.arange(start, start + n, dtype=np.int64)
         else:
             new_ids = as_ids(ids)
             if new_ids.shape[0] != n:
