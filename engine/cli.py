@@ -69,6 +69,40 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--optimize", action="store_true", help="fuse with onnxruntime's transformer optimizer")
     ex.add_argument("--revision", help="hub revision (hub ids only)")
     ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    qz = msub.add_parser(
+        "quantize",
+        help="add the int8 variant to an exported model folder (parity + quality gate)",
+        description="Quantise FOLDER's fp32 graph to int8 (the recipe of `export --int8`), check it against "
+        "the fp32 graph on the edge set and on labelled data (--data: nDCG@10 within 1 point), and add it to "
+        "FOLDER (or write --out with the --keep variants).",
+        epilog="example:\n  duorank models quantize ./reranker --data ../shared/data/scifact "
+        "--out ./rr-int8 --keep int8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qz.add_argument("folder", metavar="FOLDER")
+    qz.add_argument(
+        "--data", required=True, metavar="DIR", help="BEIR folder for the quality check (test split)"
+    )
+    qz.add_argument("--out", metavar="DIR", help="write a new folder instead of adding to FOLDER")
+    qz.add_argument("--keep", default="fp32,fp16,int8", help="variants --out keeps (default: %(default)s)")
+    qz.add_argument("--force", action="store_true", help="replace --out if it exists")
+    cb = msub.add_parser(
+        "choose-blend",
+        help="choose a reranker's blend weight and depth on your labelled queries (no training)",
+        description="Score the dev queries of BEIR (the seeded split training uses) with FOLDER's reranker "
+        "over dense, BM25 and hybrid candidates, choose the (first stage, depth, blend) that is best on "
+        "average without losing on any dataset, and record it in FOLDER's manifest.",
+        epilog="example:\n  duorank models choose-blend ./reranker --data ./my-qrels --python-docs 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cb.add_argument("folder", metavar="FOLDER")
+    cb.add_argument("--data", required=True, action="append", metavar="BEIR", help="repeat for several")
+    cb.add_argument("--split", default="train")
+    cb.add_argument(
+        "--python-docs", type=int, default=0, metavar="N", help="add N Python-docs pseudo-queries"
+    )
+    cb.add_argument("--dev-fraction", type=float, default=0.135)
+    cb.add_argument("--seed", type=int, default=0)
     tr = msub.add_parser(
         "train-reranker",
         help="fine-tune a cross-encoder on labelled queries (BEIR layout) and export it",
@@ -80,7 +114,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("--base", help="Hugging Face encoder folder (default: all-MiniLM-L6-v2 from [models])")
-    tr.add_argument("--data", required=True, metavar="BEIR", help="BEIR folder or zip with qrels/<split>.tsv")
+    tr.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="BEIR",
+        help="BEIR folder or zip with qrels/<split>.tsv; repeat to train on a mixture",
+    )
+    tr.add_argument(
+        "--python-docs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mix in N pseudo-queries from this machine's Python docs (out-of-domain robustness)",
+    )
     tr.add_argument("--split", default="train", help="labelled split to train on (default: %(default)s)")
     tr.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
     tr.add_argument("--epochs", type=int, default=2)
@@ -95,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-queries", type=int, help="train on the first N queries only (quick runs)")
     tr.add_argument("--max-steps", type=int, help="stop after N steps")
     tr.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with native bf16 only)")
+    tr.add_argument("--int8", action="store_true", help="add the int8 variant (checked on the dev queries)")
     tr.add_argument("--force", action="store_true", help="replace OUT if it exists")
     ev = sub.add_parser(
         "eval",
@@ -214,7 +262,15 @@ def _engine_commands(sub: Any) -> None:
     se.add_argument("--rerank", choices=["auto", "cross", "embedding", "none"], default="auto")
     se.add_argument("--group", action="store_true", help="one result per document (best chunk)")
     se.add_argument("--model", help="embedder to use (must be the one the collection was built with)")
-    se.add_argument("--reranker", help="reranker to use instead of the recorded one")
+    se.add_argument(
+        "--reranker", help="reranker to use instead of the recorded one ('default': the packaged one)"
+    )
+    se.add_argument(
+        "--rerank-depth", type=int, help="candidates the reranker reads (default: its recorded depth)"
+    )
+    se.add_argument(
+        "--rerank-blend", type=float, help="weight of the reranker vs recall, 0..1 (default: recorded)"
+    )
     se.add_argument("--json", action="store_true", help="results as JSON on stdout")
 
     info = sub.add_parser("info", help="what a collection holds", epilog="example: duorank info kb/ --json")
@@ -263,8 +319,11 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import shutil
 
     from . import demo
+    from .models import MANIFEST, PACKAGED
     from .pipeline import Engine
 
+    # the packaged cross-encoder reranks when this installation has it (else: cosine with the query)
+    reranker = "default" if (PACKAGED["reranker"] / MANIFEST).is_file() else None
     folder = (
         demo.folder()
         if args.max_documents is None
@@ -277,11 +336,11 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         log.warning("building the demo knowledge base (once): %d documents into %s", len(texts), folder)
         building = folder.with_name(folder.name + ".building")
         shutil.rmtree(building, ignore_errors=True)  # what an interrupted build left
-        with Engine.create(building, chunk_tokens=200, chunk_overlap=32) as eng:
+        with Engine.create(building, reranker=reranker, chunk_tokens=200, chunk_overlap=32) as eng:
             eng.add(texts, ids, meta)  # a progress bar when stderr is a terminal
         shutil.rmtree(folder, ignore_errors=True)
         building.rename(folder)  # complete, or absent
-    with Engine.open(folder) as eng:
+    with Engine.open(folder, reranker=reranker or True) as eng:
         questions = [" ".join(args.question)] if args.question else demo.QUESTIONS
         recall = "hybrid"
         rerank = "cross" if eng.reranker is not None else "embedding"
@@ -397,6 +456,8 @@ def _search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             recall=args.recall,
             rerank=rerank,
             group=args.group,
+            rerank_depth=args.rerank_depth,
+            rerank_blend=args.rerank_blend,
         )
     if args.json:
         print(json.dumps(res.to_dict()))
@@ -548,6 +609,22 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         print(out)
         return 0
+    if args.models_command == "quantize":
+        from .models_export import add_int8
+        from .models_export.quantize import retrieval_check
+
+        keep = tuple(v.strip() for v in args.keep.split(",") if v.strip())
+        print(
+            add_int8(args.folder, retrieval_check(args.data), out=args.out, keep=keep, overwrite=args.force)
+        )
+        return 0
+    if args.models_command == "choose-blend":
+        from .models_export.train import TrainConfig, choose_defaults
+
+        cfg = TrainConfig(dev_fraction=args.dev_fraction, seed=args.seed, python_docs=args.python_docs)
+        choice = choose_defaults(args.folder, args.data, split=args.split, config=cfg)
+        print(json.dumps({k: v for k, v in choice.items() if k != "grid"}))
+        return 0
     if args.models_command == "train-reranker":
         from .models_export.builtin import weights_folder
         from .models_export.train import TrainConfig, train_reranker
@@ -565,6 +642,8 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             max_queries=args.max_queries,
             max_steps=args.max_steps,
             bf16=args.bf16,
+            python_docs=args.python_docs,
+            int8=args.int8,
         )
         base = args.base or weights_folder("default")[0]
         report = train_reranker(
@@ -580,7 +659,10 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             report.blend,
         )
         return 0
-    parser.error("models: choose a SUBCOMMAND: list, export or train-reranker (see duorank models --help)")
+    parser.error(
+        "models: choose a SUBCOMMAND: list, export, quantize, train-reranker or choose-blend "
+        "(see duorank models --help)"
+    )
     return 2
 
 

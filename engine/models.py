@@ -56,6 +56,11 @@ def models_dir() -> Path:
     return home() / "models"
 
 
+# The default reranker ships inside the package (int8, 23 MB): trained here by `duorank models
+# train-reranker` (README, "Reranker training"); no download, no torch.
+PACKAGED = {"reranker": Path(__file__).parent / "weights" / "reranker"}
+
+
 def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
     """The folder's manifest, after checking that every file it lists is there (and, with verify, intact)."""
     folder = Path(folder)
@@ -84,9 +89,11 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
             )
         if verify and sha256_file(f) != entry["sha256"]:
             raise ModelError(f"{f}: sha256 does not match the manifest (corrupt or modified file)")
-    for needed in ("tokenizer.json", VARIANTS["fp32"]):
-        if needed not in manifest.get("files", {}):
-            raise ModelError(f"{path}: lists no {needed}")
+    listed = manifest.get("files", {})
+    if "tokenizer.json" not in listed:
+        raise ModelError(f"{path}: lists no tokenizer.json")
+    if not any(f in listed for f in VARIANTS.values()):
+        raise ModelError(f"{path}: lists no model file (one of {sorted(VARIANTS.values())})")
     return dict(manifest)
 
 
@@ -112,6 +119,9 @@ def list_models() -> list[dict[str, Any]]:
         folder = models_dir() / spec["folder"]
         seen.add(folder.name)
         rows.append({"name": name, "kind": spec["kind"], "model": spec["model"], **_describe(folder)})
+    for kind, folder in PACKAGED.items():
+        if (folder / MANIFEST).is_file():
+            rows.append({"name": "default", "kind": kind, "model": "packaged", **_describe(folder)})
     if models_dir().is_dir():
         for folder in sorted(models_dir().iterdir()):
             if folder.name not in seen and (folder / MANIFEST).is_file():
@@ -127,7 +137,9 @@ def _describe(folder: Path) -> dict[str, Any]:
         m = read_manifest(folder, verify=False)
     except ModelError as e:
         return {"path": str(folder), "error": str(e)}
-    fp32 = m.get("variants", {}).get("fp32", {}).get("parity", {})
+    variants: dict[str, Any] = m.get("variants", {})
+    first: dict[str, Any] = variants.get("fp32") or next(iter(variants.values()), {})
+    fp32 = first.get("parity", {})
     par = (
         f"{fp32['min_cosine']:.7f}"
         if "min_cosine" in fp32
@@ -156,10 +168,12 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
     cached = models_dir() / name
     if (cached / MANIFEST).is_file():
         return cached
-    if kind == "reranker" and name == "default" and name not in _builtin_of_kind(BUILTIN, kind):
+    if name == "default" and kind in PACKAGED:
+        if (PACKAGED[kind] / MANIFEST).is_file():
+            return PACKAGED[kind]
         raise ModelError(
-            "no default reranker is installed: no trained cross-encoder ships offline; "
-            "pass a reranker folder made by `duorank models export SOURCE OUT --kind reranker`"
+            f"the default {kind} is missing from this installation ({PACKAGED[kind]}); reinstall duorank, "
+            "or pass a reranker folder made by `duorank models train-reranker` or `duorank models export`"
         )
     if name in BUILTIN:
         if BUILTIN[name]["kind"] != kind:
@@ -170,10 +184,6 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
 
 def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
-
-
-def _builtin_of_kind(builtin: dict[str, dict[str, Any]], kind: str) -> set[str]:
-    return {n for n, spec in builtin.items() if spec["kind"] == kind}
 
 
 def _session(path: Path, device: str, threads: int | None) -> Any:
@@ -239,9 +249,10 @@ class _Model:
         if manifest["kind"] != self.kind:
             other = "Reranker" if manifest["kind"] == "reranker" else "Embedder"
             raise ModelError(f"{folder} holds {_a(manifest['kind'])}; load it with {other}.load")
-        if variant is None:  # fp16 on a GPU when the folder has it, else fp32
-            fp16 = device == "cuda" and VARIANTS["fp16"] in manifest["files"]
-            variant = "fp16" if fp16 else "fp32"
+        if variant is None:  # fp16 on a GPU when the folder has it, else fp32, else what it has
+            have = [v for v, f in VARIANTS.items() if f in manifest["files"]]
+            fp16 = device == "cuda" and "fp16" in have
+            variant = "fp16" if fp16 else ("fp32" if "fp32" in have else have[0])
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
         if VARIANTS[variant] not in manifest["files"]:
@@ -460,16 +471,21 @@ class Reranker(_Model):
         variant: str | None = None,
         threads: int | None = None,
         batch_tokens: int | None = None,
-        long_documents: str = "windows",
+        long_documents: str | None = None,
         stride: int | None = None,
         aggregate: str = "max",
         max_query_tokens: int | None = None,
         verify: bool = True,
     ) -> Reranker:
+        """long_documents: None takes the model's recorded choice (a reranker trained on truncated
+        documents records "truncate"), else "windows"."""
         folder = resolve(name_or_path, cls.kind)
+        manifest = read_manifest(folder, verify=verify)
+        if long_documents is None:
+            long_documents = str((manifest.get("rerank") or {}).get("long_documents", "windows"))
         return cls(
             folder,
-            read_manifest(folder, verify=verify),
+            manifest,
             device=device,
             variant=variant,
             threads=threads,

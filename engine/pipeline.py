@@ -285,6 +285,7 @@ class Engine:
         group: bool = False,
         fusion: str = "rrf",
         rerank_blend: float | None = None,
+        rerank_depth: int | None = None,
     ) -> Results:
         """Recall top_k candidates per query, rerank them, return the top_n.
 
@@ -293,7 +294,9 @@ class Engine:
         query), None (recall order), "auto" (cross when the engine has a reranker). group: one hit per
         document (its best chunk), so top_n counts documents. rerank_blend: weight a of the cross-encoder
         in a * z(rerank) + (1 - a) * z(recall), scores z-normalised per query (default: the reranker's
-        recorded weight, 1.0 unless it was trained with a blend).
+        recorded weight, 1.0 unless it was trained with a blend). rerank_depth: how many of the top_k
+        candidates the cross-encoder reads (default: the depth recorded with the reranker, else all top_k;
+        never fewer than top_n); the rest follow in recall order, below every reranked one.
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)
@@ -322,6 +325,12 @@ class Engine:
             raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
         if fusion not in ("rrf", "weighted"):
             raise ValueError(f"fusion {fusion!r}, expected 'rrf' or 'weighted'")
+        if rerank_depth is not None and (
+            isinstance(rerank_depth, bool)
+            or not isinstance(rerank_depth, (int, np.integer))
+            or rerank_depth < 1
+        ):
+            raise ValueError(f"rerank_depth {rerank_depth!r}, expected an int >= 1 or None")
         timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
         truncated = {"queries": 0, "pairs": 0}
 
@@ -353,10 +362,11 @@ class Engine:
         final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
         if rerank == "cross":
             assert self.reranker is not None
-            scored = self.reranker.score_groups_detailed(list(zip(qs, found.texts)))
+            depth = max(top_n, rerank_depth or self.reranker.depth or top_k)
+            scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
             a = self.reranker.blend if rerank_blend is None else float(rerank_blend)
             final = [
-                s.scores.astype(np.float64) if a == 1.0 else blend(first, s.scores, a)
+                _below(s.scores.astype(np.float64) if a == 1.0 else blend(first[:depth], s.scores, a), first)
                 for s, first in zip(scored, final)
             ]
             truncated["pairs"] = sum(s.n_truncated for s in scored)
@@ -370,6 +380,15 @@ class Engine:
         out = [_top(found, hits, i, final[i], top_n, group) for i in range(len(qs))]
         timings["total"] = _ms(t_start)
         return Results(qs, out, timings, recall, rerank, strategy, truncated)
+
+
+def _below(head: NDArray[np.float64], recall: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The reranked head's scores, then the candidates beyond the rerank depth in recall order, below it."""
+    rest = recall.shape[0] - head.shape[0]
+    if rest <= 0:
+        return head
+    floor = head.min() if head.size else 0.0
+    return np.concatenate([head, floor - np.arange(1, rest + 1, dtype=np.float64)])
 
 
 def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int, group: bool) -> list[Hit]:

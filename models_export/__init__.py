@@ -128,9 +128,9 @@ def export(
         if not gate("fp16", to_fp16(models["fp32"], facts)):
             raise parity.ParityError(f"fp16 variant of {source} fails the gate")
     if int8:
-        if kind == "embedder" and int8_check is None:
+        if int8_check is None:
             raise ValueError(
-                "int8 needs a retrieval check (int8_check=quantize.retrieval_check(data_dir)); none given"
+                "int8 needs a quality check (int8_check=quantize.retrieval_check(data_dir)); none given"
             )
         from .quantize import to_int8
 
@@ -161,7 +161,7 @@ def export(
     }
     files: dict[str, bytes | Path] = {v["file"]: models[k].SerializeToString() for k, v in variants.items()}
     files["tokenizer.json"] = tokenizer.to_str(pretty=False).encode("utf-8")
-    if int8 and int8_check is not None and kind == "embedder":
+    if int8 and int8_check is not None:
         # The retrieval half of the int8 gate runs on the finished folder, before it replaces anything.
         with tempfile.TemporaryDirectory(dir=Path(out).expanduser().parent) as tmp:
             trial = write_model_folder(Path(tmp) / "trial", files, manifest)
@@ -170,6 +170,68 @@ def export(
         if not check.get("passed"):
             raise parity.ParityError(f"int8 variant of {source} fails the retrieval gate: {check}")
     return write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
+
+
+def add_int8(
+    folder: str | os.PathLike[str],
+    int8_check: Any,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    keep: tuple[str, ...] = ("fp32", "fp16", "int8"),
+    overwrite: bool = False,
+) -> Path:
+    """Add the int8 variant to an exported model folder, quantised from its fp32 graph, through the gate.
+
+    Parity is measured against the folder's fp32 graph on the edge set (that graph met its PyTorch
+    reference at export), then `int8_check` (e.g. `quantize.retrieval_check(data)`) runs on the finished
+    folder. out: write there instead of in place; keep: the variants it keeps (("int8",): the smallest
+    folder, e.g. to ship); overwrite: replace an existing `out`. Nothing is written when a check fails.
+    """
+    from tokenizers import Tokenizer
+
+    from duorank.models import read_manifest
+
+    from .quantize import to_int8
+
+    onnx_mod = require("onnx", "onnx")
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    kind, variants = manifest["kind"], dict(manifest["variants"])
+    if "fp32" not in variants:
+        raise ValueError(f"{folder} has no fp32 graph to quantise (variants {sorted(variants)})")
+    if not set(keep) <= set(_FILES) or "int8" not in keep:
+        raise ValueError(f"keep {keep!r}: expected variants among {list(_FILES)}, int8 among them")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    fp32 = onnx_mod.load(str(folder / _FILES["fp32"]))
+    ref = _onnx_outputs(fp32.SerializeToString(), kind, manifest, tokenizer)
+    int8 = to_int8(fp32, {}).SerializeToString()
+    fig = parity.figures(kind, _onnx_outputs(int8, kind, manifest, tokenizer), ref)
+    ok = parity.passes(kind, "int8", fig)
+    log.info("%s int8 vs its fp32 graph: %s -> %s", kind, fig, "pass" if ok else "FAIL")
+    if not ok:
+        raise parity.ParityError(f"int8 variant of {folder} fails the gate against its fp32 graph: {fig}")
+    variants["int8"] = {"file": _FILES["int8"], "parity": {"reference": "fp32 graph", **fig}}
+    files: dict[str, bytes | Path] = {
+        v["file"]: folder / v["file"] for k, v in variants.items() if k != "int8"
+    }
+    files[_FILES["int8"]] = int8
+    files["tokenizer.json"] = folder / "tokenizer.json"
+    meta = {k: v for k, v in manifest.items() if k not in ("files", "format", "variants")}
+    target = Path(out).expanduser() if out is not None else folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        trial = write_model_folder(Path(tmp) / "trial", files, {**meta, "variants": variants})
+        check = int8_check(trial)
+        variants["int8"]["retrieval"] = check
+        if not check.get("passed"):
+            raise parity.ParityError(f"int8 variant of {folder} fails the quality check: {check}")
+        kept = {k: v for k, v in variants.items() if k in keep}
+        files = {v["file"]: trial / v["file"] for v in kept.values()} | {
+            "tokenizer.json": trial / "tokenizer.json"
+        }
+        return write_model_folder(
+            target, files, {**meta, "variants": kept}, overwrite=overwrite or out is None
+        )
 
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")

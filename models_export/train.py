@@ -52,6 +52,8 @@ class TrainConfig:
     max_queries: int | None = None  # first N training queries (quick runs, tests)
     max_steps: int | None = None
     bf16: bool = False  # bf16 autocast (fast only on CPUs with native bf16: AVX-512 BF16 / AMX)
+    python_docs: int = 0  # pseudo-queries from this machine's Python docs mixed in (domain robustness)
+    int8: bool = False  # add the int8 variant (gate: parity + nDCG@10 on the dev queries within 1 point)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.group_size or self.group_size < 2:
@@ -60,6 +62,8 @@ class TrainConfig:
             )
         if not 0 < self.dev_fraction < 1:
             raise ValueError(f"dev_fraction {self.dev_fraction}: expected 0 < f < 1")
+        if self.python_docs < 0:
+            raise ValueError(f"python_docs {self.python_docs}: expected >= 0")
         unknown = set(self.sources) - {"dense", "bm25"}
         if unknown or not self.sources:
             raise ValueError(f"sources {self.sources}: expected some of ('dense', 'bm25')")
@@ -119,7 +123,49 @@ def first_stage_runs(
         index = ExactIndex(dim=emb.dim)
         index.add(corpus_vectors(emb, texts))
         keep("dense", index.search(emb.encode(queries, "query"), depth))
+    if "dense" in runs and "bm25" in runs:
+        runs["hybrid"], scores["hybrid"] = _rrf_runs([runs["dense"], runs["bm25"]], depth)
     return runs, scores
+
+
+def _rrf_runs(
+    runs: Sequence[Mapping[str, Sequence[str]]], depth: int, c: int = 60
+) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """Reciprocal rank fusion of ranked doc-id lists (the engine's `rrf`, over ids rather than rows)."""
+    ids: dict[str, list[str]] = {}
+    scores: dict[str, list[float]] = {}
+    for q in runs[0]:
+        fused: dict[str, float] = {}
+        for run in runs:
+            for rank, d in enumerate(run.get(q, ()), start=1):
+                fused[d] = fused.get(d, 0.0) + 1.0 / (c + rank)
+        top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
+        ids[q], scores[q] = [d for d, _ in top], [f for _, f in top]
+    return ids, scores
+
+
+@dataclass
+class _Part:
+    """One training dataset: its query split, first-stage runs and mined negatives."""
+
+    ds: Any
+    train_q: list[str]
+    dev_q: list[str]
+    runs: dict[str, dict[str, list[str]]]
+    scores: dict[str, dict[str, list[float]]]
+    negatives: dict[str, list[str]]
+
+
+def _prepare(ds: Any, cfg: TrainConfig) -> _Part:
+    qids = sorted(q for q, judged in ds.qrels.items() if any(g > 0 for g in judged.values()))
+    if cfg.max_queries:
+        qids = qids[: cfg.max_queries]
+    train_q, dev_q = split_queries(qids, cfg.dev_fraction, cfg.seed)
+    runs, scores = first_stage_runs(ds, cfg.sources, max(cfg.negatives, *cfg.depths, cfg.dev_depth))
+    negatives = mine_negatives(
+        {q: ds.qrels[q] for q in train_q}, [runs[s] for s in cfg.sources], cfg.negatives
+    )
+    return _Part(ds, train_q, dev_q, runs, scores, negatives)
 
 
 @dataclass
@@ -127,7 +173,7 @@ class TrainReport:
     out: Path
     steps: int
     losses: list[float] = field(default_factory=list)
-    dev_curve: list[dict[str, float]] = field(default_factory=list)
+    dev_curve: list[dict[str, Any]] = field(default_factory=list)
     blend: float = 1.0
     depth: int = 30
     source: str = "dense"
@@ -136,7 +182,7 @@ class TrainReport:
 
 def train_reranker(
     base: str | os.PathLike[str],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
     split: str = "train",
@@ -145,7 +191,9 @@ def train_reranker(
     overwrite: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainReport:
-    """Train on `split` of the BEIR dataset `data` from the encoder folder `base`; export to `out`."""
+    """Train on `split` of the BEIR dataset(s) `data` (plus `config.python_docs` pseudo-queries from the
+    Python docs) from the encoder folder `base`; export to `out`. Each dataset is split into train and dev
+    on its own; the dev figures are the mean over datasets, so a small domain counts as much as a big one."""
     cfg = config or TrainConfig()
     if split == "test":
         raise ValueError("the test split is never training data: train on 'train' (or your own split)")
@@ -154,25 +202,26 @@ def train_reranker(
         raise FileExistsError(f"{out} exists (overwrite=True / --force to replace it)")
     torch = require("torch", "torch")
     transformers = require("transformers", "transformers")
-    from duorank.eval.datasets import load_beir
 
     t0 = time.perf_counter()
     _seed_everything(torch, cfg.seed)
-    ds = load_beir(data, split)
-    qids = sorted(q for q, judged in ds.qrels.items() if any(g > 0 for g in judged.values()))
-    if cfg.max_queries:
-        qids = qids[: cfg.max_queries]
-    train_q, dev_q = split_queries(qids, cfg.dev_fraction, cfg.seed)
-    runs, run_scores = first_stage_runs(ds, cfg.sources, max(cfg.negatives, *cfg.depths, cfg.dev_depth))
-    negatives = mine_negatives({q: ds.qrels[q] for q in train_q}, list(runs.values()), cfg.negatives)
-    examples = [(q, d) for q in train_q for d, g in sorted(ds.qrels[q].items()) if g > 0 and negatives.get(q)]
+    sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    datasets = _datasets(data, split, cfg)
+    parts = [_prepare(ds, cfg) for ds in datasets]
+    examples = [
+        (p, q, d)
+        for p, part in enumerate(parts)
+        for q in part.train_q
+        for d, g in sorted(part.ds.qrels[q].items())
+        if g > 0 and part.negatives.get(q)
+    ]
     if not examples:
         raise ValueError(f"{data}: no training query has both a positive and a mined negative")
     log.info(
-        "training on %d (query, positive) pairs of %d queries; dev %d queries",
+        "training on %d (query, positive) pairs of %s; dev %s queries",
         len(examples),
-        len(train_q),
-        len(dev_q),
+        ", ".join(f"{len(p.train_q)} {p.ds.name} queries" for p in parts),
+        " + ".join(str(len(p.dev_q)) for p in parts),
     )
 
     tok = transformers.AutoTokenizer.from_pretrained(str(base))
@@ -212,8 +261,8 @@ def train_reranker(
                         break
                     batch = order[i : i + groups_per_step]
                     pairs = []
-                    for q, pos in batch:
-                        pool = negatives[q]
+                    for p, q, pos in batch:
+                        ds, pool = parts[p].ds, parts[p].negatives[q]
                         k = cfg.group_size - 1
                         negs = rng.sample(pool, k) if len(pool) >= k else [rng.choice(pool) for _ in range(k)]
                         pairs += [(ds.queries[q], ds.corpus[d]) for d in [pos, *negs]]
@@ -230,8 +279,16 @@ def train_reranker(
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{report.losses[-1]:.3f}", epoch=epoch + 1)
-                score = _dev_ndcg(torch, model, tok, ds, dev_q, runs[cfg.sources[0]], cfg.dev_depth, cfg)
-                report.dev_curve.append({"epoch": epoch + 1, "step": report.steps, "dev_ndcg@10": score})
+                per = {
+                    p.ds.name: _dev_ndcg(
+                        torch, model, tok, p.ds, p.dev_q, p.runs[cfg.sources[0]], cfg.dev_depth, cfg
+                    )
+                    for p in parts
+                }
+                score = float(np.mean(list(per.values())))
+                report.dev_curve.append(
+                    {"epoch": epoch + 1, "step": report.steps, "dev_ndcg@10": score, "per_dataset": per}
+                )
                 log.info(
                     "epoch %d: dev nDCG@10 %.4f (reranking %s top-%d)",
                     epoch + 1,
@@ -250,17 +307,19 @@ def train_reranker(
             log.warning("interrupted: exporting the last good checkpoint (dev nDCG@10 %.4f)", best)
         if not checkpoint.exists():
             _save_checkpoint(model, tok, checkpoint, cfg.max_length)
-        choice = _choose_blend(torch, checkpoint, transformers, ds, dev_q, runs, run_scores, cfg)
+        tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+        best_model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint))
+        choice = _choose_blend(lambda pairs: _score(torch, best_model, tok, pairs, cfg), parts, cfg)
         report.blend, report.depth, report.source = choice["blend"], choice["depth"], choice["source"]
         report.seconds = time.perf_counter() - t0
         provenance = {
             "trained_by": "duorank models train-reranker",
             "base": str(Path(base).resolve()) if Path(base).exists() else str(base),
-            "data": str(Path(data).resolve()),
+            "data": [str(Path(d).resolve()) for d in sources],
             "split": split,
-            "data_license": _license_of(Path(data)),
-            "train_queries": len(train_q),
-            "dev_queries": len(dev_q),
+            "data_license": {p.ds.name: _license_of(p.ds.name) for p in parts},
+            "train_queries": {p.ds.name: len(p.train_q) for p in parts},
+            "dev_queries": {p.ds.name: len(p.dev_q) for p in parts},
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "dev_curve": report.dev_curve,
             "dev_choice": choice,
@@ -271,11 +330,30 @@ def train_reranker(
 
         export(checkpoint, out, kind="reranker", provenance=provenance, overwrite=overwrite)
         _record_defaults(out, blend=report.blend, depth=report.depth)
+        if cfg.int8:
+            from . import add_int8
+            from .quantize import retrieval_check
+
+            add_int8(out, retrieval_check(parts[0].ds, queries=parts[0].dev_q))
     finally:
         if bar is not None:
             bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _datasets(data: Any, split: str, cfg: TrainConfig) -> list[Any]:
+    from duorank.eval.datasets import load_beir
+
+    sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not sources:
+        raise ValueError("no training data: give at least one BEIR folder")
+    datasets = [load_beir(d, split) for d in sources]
+    if cfg.python_docs:
+        from .pseudo import python_docs_dataset
+
+        datasets.append(python_docs_dataset(cfg.python_docs, seed=cfg.seed))
+    return datasets
 
 
 def _seed_everything(torch: Any, seed: int) -> None:
@@ -340,48 +418,91 @@ def _dev_ndcg(
 
 
 def _choose_blend(
-    torch: Any,
-    checkpoint: Path,
-    transformers: Any,
-    ds: Any,
-    dev_q: list[str],
-    runs: Mapping[str, Any],
-    run_scores: Mapping[str, Any],
-    cfg: TrainConfig,
+    score: Callable[[list[tuple[str, str]]], np.ndarray], parts: Sequence[_Part], cfg: TrainConfig
 ) -> dict[str, Any]:
-    """The (first-stage source, depth, blend weight) with the best dev nDCG@10, over the grid."""
+    """The (first-stage source, depth, blend weight) for the manifest, chosen on the dev queries.
+
+    Rule: the best mean dev nDCG@10 over datasets among the choices that lose on no dev dataset against
+    the same first stage alone (blend 0.0); a reranker that helps one domain and hurts another gets a lower
+    weight rather than a default that hurts users outside its training domain.
+    """
     from duorank.eval.metrics import evaluate
     from duorank.lexical import blend
 
-    tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint))
-    qrels = {q: ds.qrels[q] for q in dev_q}
     deepest = max(cfg.depths)
-    best: dict[str, Any] = {"dev_ndcg@10": -1.0}
-    table = []
-    for source, run in runs.items():
-        pairs, owners = [], []
-        for q in dev_q:
-            for r, (d, f) in enumerate(zip(list(run.get(q, ()))[:deepest], run_scores[source].get(q, ()))):
-                pairs.append((ds.queries[q], ds.corpus[d]))
-                owners.append((q, d, r, f))
-        scores = _score(torch, model, tok, pairs, cfg)
+    scored = []  # per part: {(q, d): reranker score} over every source's top `deepest`
+    for part in parts:
+        keys = sorted(
+            {(q, d) for run in part.runs.values() for q in part.dev_q for d in run.get(q, ())[:deepest]}
+        )
+        values = score([(part.ds.queries[q], part.ds.corpus[d]) for q, d in keys])
+        scored.append(dict(zip(keys, np.asarray(values).tolist())))
+    table: list[dict[str, Any]] = []
+    for source in parts[0].runs:
         for depth in cfg.depths:
             for a in BLEND_GRID:
-                result: dict[str, dict[str, float]] = {}
-                for q in dev_q:
-                    rows = [(d, f, s) for (qq, d, r, f), s in zip(owners, scores) if qq == q and r < depth]
-                    if not rows:
-                        continue
-                    first = np.array([f for _, f, _ in rows], dtype=np.float64)
-                    mixed = blend(first, np.array([s for _, _, s in rows]), a)
-                    result[q] = {d: float(m) for (d, _, _), m in zip(rows, mixed)}
-                ndcg = float(evaluate(qrels, result, ["ndcg@10"]).mean["ndcg@10"])
-                table.append({"source": source, "depth": depth, "blend": a, "dev_ndcg@10": ndcg})
-                if ndcg > best["dev_ndcg@10"]:
-                    best = {"source": source, "depth": depth, "blend": a, "dev_ndcg@10": ndcg}
-    best["grid"] = table
-    return best
+                per = {}
+                for part, rerank in zip(parts, scored):
+                    result: dict[str, dict[str, float]] = {}
+                    for q in part.dev_q:
+                        docs = part.runs[source].get(q, [])[:depth]
+                        if not docs:
+                            continue
+                        first = np.asarray(part.scores[source][q][: len(docs)], dtype=np.float64)
+                        mixed = blend(first, np.array([rerank[q, d] for d in docs]), a)
+                        result[q] = {d: float(m) for d, m in zip(docs, mixed)}
+                    qrels = {q: part.ds.qrels[q] for q in part.dev_q}
+                    per[part.ds.name] = float(evaluate(qrels, result, ["ndcg@10"]).mean["ndcg@10"])
+                mean = float(np.mean(list(per.values())))
+                table.append(
+                    {"source": source, "depth": depth, "blend": a, "dev_ndcg@10": mean, "per_dataset": per}
+                )
+    alone = {(r["source"], r["depth"]): r["per_dataset"] for r in table if r["blend"] == 0.0}
+    safe = [
+        r
+        for r in table
+        if all(v >= alone[r["source"], r["depth"]][k] - 1e-9 for k, v in r["per_dataset"].items())
+    ]
+    best = max(safe, key=lambda r: r["dev_ndcg@10"])
+    return {
+        **best,
+        "rule": "best mean dev nDCG@10 among choices losing on no dev dataset vs the first stage alone",
+        "best_unconstrained": max(table, key=lambda r: r["dev_ndcg@10"]),
+        "grid": table,
+    }
+
+
+def choose_defaults(
+    folder: str | os.PathLike[str],
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    split: str = "train",
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Choose (again) the blend weight and depth of a reranker folder on the dev queries of `data` (the
+    same seeded split as training with `config`), score with its ONNX graph, and record them in its
+    manifest. Returns the choice. Use it to tune a trained reranker for your own labelled queries."""
+    from duorank.models import Reranker
+
+    cfg = config or TrainConfig()
+    if split == "test":
+        raise ValueError("the test split is never used to choose: give 'train' (or your own split)")
+    parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
+    rr = Reranker.load(folder, long_documents="truncate")
+
+    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+        groups: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(pairs):
+            groups.setdefault(q, []).append(i)
+        out = np.empty(len(pairs), np.float64)
+        got = rr.score_groups([(q, [pairs[i][1] for i in idx]) for q, idx in groups.items()])
+        for idx, s in zip(groups.values(), got):
+            out[idx] = s
+        return out
+
+    choice = _choose_blend(score, parts, cfg)
+    _record_defaults(Path(folder), blend=choice["blend"], depth=choice["depth"], choice=choice)
+    return choice
 
 
 def _save_checkpoint(model: Any, tok: Any, folder: Path, max_length: int) -> None:
@@ -396,18 +517,24 @@ def _save_checkpoint(model: Any, tok: Any, folder: Path, max_length: int) -> Non
     tmp.rename(folder)
 
 
-def _license_of(data: Path) -> str | None:
-    known = {"scifact": "CC BY-NC 2.0 (SciFact, allenai)"}
-    return known.get(data.name.lower())
+def _license_of(name: str) -> str | None:
+    known = {
+        "scifact": "CC BY-NC 2.0 (SciFact, allenai)",
+        "python-docs": "PSF License (the installed Python's documentation and docstrings)",
+    }
+    return known.get(name.lower())
 
 
-def _record_defaults(folder: Path, *, blend: float, depth: int) -> None:
+def _record_defaults(folder: Path, *, blend: float, depth: int, choice: dict[str, Any] | None = None) -> None:
     """Write the chosen blend weight and depth into the model's manifest (its sha256 list is unaffected)."""
     import json
 
     path = folder / "duorank-model.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["rerank"] = {"blend": blend, "depth": depth}
+    # trained on documents cut at max_length: score them the same way by default
+    manifest["rerank"] = {"blend": blend, "depth": depth, "long_documents": "truncate"}
+    if choice is not None:
+        manifest["source"]["dev_choice"] = choice
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     tmp.replace(path)

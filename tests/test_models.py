@@ -190,11 +190,6 @@ def test_unknown_name_lists_known_ones():
         Embedder.load("no-such-model")
 
 
-def test_no_default_reranker_yet():
-    with pytest.raises(ModelError, match="no default reranker is installed"):
-        Reranker.load("default")
-
-
 def test_path_that_is_not_a_model_folder(tmp_path):
     with pytest.raises(ModelError, match="is not a duorank model folder"):
         Embedder.load(tmp_path)

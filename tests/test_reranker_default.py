@@ -1,0 +1,143 @@
+"""The packaged default reranker (trained here, int8): what it ships, a needle test, and out-of-domain safety
+(Banking77 as retrieval, STS Benchmark pairs: never trained or chosen on) with its default blend."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from duorank import Engine, Reranker
+from duorank.eval.datasets import load_labelled, load_stsb
+from duorank.eval.metrics import evaluate
+from duorank.lexical import blend
+from duorank.models import MANIFEST, PACKAGED, ModelError, list_models
+
+
+@pytest.fixture(scope="module")
+def default_reranker():
+    return Reranker.load("default")
+
+
+def test_what_ships(default_reranker):
+    rr = default_reranker
+    folder = PACKAGED["reranker"]
+    assert rr.folder == folder and rr.variant == "int8"  # the only variant shipped: the smallest
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
+    m = json.loads((folder / MANIFEST).read_text())
+    assert set(m["variants"]) == {"int8"} and m["variants"]["int8"]["retrieval"]["passed"]
+    src = m["source"]
+    assert src["data_license"]["scifact"].startswith("CC BY-NC 2.0") and "python-docs" in src["data_license"]
+    assert src["split"] == "train" and src["config"]["seed"] == 0 and src["dev_curve"]
+    assert 0.0 <= rr.blend <= 1.0 and rr.depth in src["config"]["depths"] and rr.long_documents == "truncate"
+    row = next(r for r in list_models() if r["kind"] == "reranker" and r["name"] == "default")
+    assert row["variants"] == ["int8"]
+
+
+NEEDLES = [
+    (
+        "Which vitamin deficiency causes scurvy?",
+        "Scurvy is caused by a prolonged lack of vitamin C (ascorbic acid) in the diet; it leads to bleeding "
+        "gums, poor wound healing and fatigue, and is cured by eating citrus fruit.",
+        [
+            "Rickets softens the bones of children and is usually caused by a lack of vitamin D or calcium.",
+            "Vitamin C is an antioxidant found in citrus fruits, strawberries and peppers.",
+            "Scurvy grass is a small flowering plant of the cabbage family that grows along northern coasts.",
+            "Beriberi results from a deficiency of thiamine (vitamin B1) and affects the nerves and heart.",
+            "Sailors on long voyages ate salted meat and hard biscuits, and fresh water was often scarce.",
+        ],
+    ),
+    (
+        "how do I undo my last git commit but keep the changes",
+        "Run `git reset --soft HEAD~1`: the last commit is removed from the branch while its changes stay "
+        "staged in the index, ready to be committed again.",
+        [
+            "`git commit --amend` rewrites the message of the last commit.",
+            "To discard every local change to a file, run `git checkout -- file` or `git restore file`.",
+            "`git log --oneline` prints one line per commit, newest first.",
+            "A merge commit has two parents: the tip of the current branch and the merged branch.",
+            "`git stash` saves uncommitted changes and reverts the working tree to HEAD.",
+        ],
+    ),
+    (
+        "What is the boiling point of water at the top of Mount Everest?",
+        "Because air pressure near Everest's summit is only about a third of sea level, water there boils at "
+        "roughly 70 degrees Celsius instead of 100.",
+        [
+            "Mount Everest is 8,849 metres high and lies on the border of Nepal and China.",
+            "Water boils at 100 degrees Celsius at sea level under standard atmospheric pressure.",
+            "Climbers on Everest use supplemental oxygen above about 7,000 metres.",
+            "The freezing point of seawater is lower than that of fresh water because of its salt.",
+            "A pressure cooker raises the boiling point of water, which cooks food faster.",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("query,needle,hay", NEEDLES, ids=["scurvy", "git", "everest"])
+def test_the_needle_ranks_first(default_reranker, query, needle, hay):
+    docs = [*hay[:2], needle, *hay[2:]]
+    scores = default_reranker.score(query, docs)
+    assert int(np.argmax(scores)) == 2, dict(zip(docs, scores.round(3)))
+
+
+def test_missing_packaged_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(PACKAGED, "reranker", tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="the default reranker is missing from this installation"):
+        Reranker.load("default")
+
+
+def test_out_of_domain_banking77_default_blend_never_hurts(
+    shared_data, tmp_path, default_embedder, default_reranker
+):
+    """Banking77 as retrieval (a test utterance's relevant documents: the train utterances of its intent),
+    a seeded slice: 20 train utterances per intent, 150 test queries; dense recall, top_k = the reranker's
+    depth, reranked through the engine with the default blend."""
+    rr = default_reranker
+    docs, labels = load_labelled(shared_data / "banking77", "train")
+    texts, gold = load_labelled(shared_data / "banking77", "test")
+    rng = random.Random(0)
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(i)
+    keep = sorted(j for ids in by_label.values() for j in rng.sample(ids, min(20, len(ids))))
+    pick = sorted(rng.sample(range(len(texts)), 150))
+    qids = [f"q{i}" for i in pick]
+    qrels = {f"q{i}": {f"d{j}": 1 for j in keep if labels[j] == gold[i]} for i in pick}
+    with Engine.create(tmp_path / "b77", default_embedder, rr, bm25=False) as eng:
+        eng.add([docs[j] for j in keep], [f"d{j}" for j in keep])
+        queries = [texts[i] for i in pick]
+        depth = rr.depth or 30
+        runs = {
+            name: eng.search(queries, top_k=depth, top_n=10, rerank=mode)
+            for name, mode in (("dense", None), ("default blend", "cross"))
+        }
+    ndcg = {
+        name: evaluate(
+            qrels, {q: {h.id: h.score for h in hits} for q, hits in zip(qids, res.hits)}, ["ndcg@10"]
+        ).mean["ndcg@10"]
+        for name, res in runs.items()
+    }
+    print({k: round(100 * v, 2) for k, v in ndcg.items()}, "blend", rr.blend)
+    assert ndcg["default blend"] >= ndcg["dense"]
+
+
+def test_out_of_domain_stsb_default_blend_costs_little(shared_data, default_embedder, default_reranker):
+    """STS Benchmark test pairs: Spearman with gold of the embedder's cosine vs the default blend of cosine
+    and reranker score (z-normalised over the set). Measured: 82.03 vs 81.89, so the issue's "never worse"
+    does not hold here (graded similarity is not what a relevance reranker learns); the bound below keeps
+    it from getting worse unnoticed."""
+    from scipy.stats import spearmanr
+
+    s1, s2, gold = load_stsb(shared_data / "stsb", "test")
+    cos = (default_embedder.encode(s1) * default_embedder.encode(s2)).sum(axis=1)
+    cross = np.concatenate(default_reranker.score_groups([(a, [b]) for a, b in zip(s1, s2)]))
+    rho = {
+        "cosine": spearmanr(cos, gold).statistic,
+        "default blend": spearmanr(blend(cos, cross, default_reranker.blend), gold).statistic,
+    }
+    print({k: round(100 * v, 2) for k, v in rho.items()}, "blend", default_reranker.blend)
+    assert rho["default blend"] >= rho["cosine"] - 0.005
