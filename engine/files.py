@@ -93,13 +93,16 @@ def checked_file(folder: Path, manifest: dict[str, Any], key: str, *, verify: bo
         size, digest = int(entry["bytes"]), str(entry["sha256"])
     except (KeyError, TypeError, ValueError) as e:
         raise IndexFormatError(f"{folder} manifest lacks a valid entry for {key!r}") from e
-    if not path.is_file():
-        raise IndexFormatError(f"{path} is missing (named by the manifest for {key!r})")
-    actual = path.stat().st_size
-    if actual != size:
-        raise IndexFormatError(f"{path} has {actual} bytes, the manifest says {size}: truncated or replaced")
-    if verify and sha256_file(path) != digest:
-        raise IndexFormatError(f"{path} fails its sha256 check: the file is corrupt")
+    try:  # a file removed under us (a writer's save replacing this generation) is missing too
+        actual = path.stat().st_size
+        if actual != size:
+            raise IndexFormatError(
+                f"{path} has {actual} bytes, the manifest says {size}: truncated or replaced"
+            )
+        if verify and sha256_file(path) != digest:
+            raise IndexFormatError(f"{path} fails its sha256 check: the file is corrupt")
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path} is missing (named by the manifest for {key!r})") from None
     return path
 
 

@@ -295,8 +295,8 @@ class Engine:
         document (its best chunk), so top_n counts documents. rerank_blend: weight a of the cross-encoder
         in a * z(rerank) + (1 - a) * z(recall), scores z-normalised per query (default: the reranker's
         recorded weight, 1.0 unless it was trained with a blend). rerank_depth: how many of the top_k
-        candidates the cross-encoder reads (default: the depth recorded with the reranker, else all top_k;
-        never fewer than top_n); the rest follow in recall order, below every reranked one.
+        candidates the cross-encoder reads (default: the depth recorded with the reranker but at least top_n,
+        else all top_k); the rest follow in recall order, below every reranked one.
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)
@@ -362,7 +362,7 @@ class Engine:
         final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
         if rerank == "cross":
             assert self.reranker is not None
-            depth = max(top_n, rerank_depth or self.reranker.depth or top_k)
+            depth = rerank_depth or max(top_n, self.reranker.depth or top_k)
             scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
             a = self.reranker.blend if rerank_blend is None else float(rerank_blend)
             final = [
