@@ -25,7 +25,6 @@ from .validate import as_ids, as_k
 
 def _bm25s() -> Any:
     os.environ.setdefault("DISABLE_TQDM", "1")  # bm25s's own bars; duorank shows its own
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
     try:
         import bm25s
         import Stemmer
@@ -33,6 +32,9 @@ def _bm25s() -> Any:
         raise ImportError(
             "BM25 needs bm25s and PyStemmer (duorank's dependencies): pip install bm25s PyStemmer"
         ) from e
+    # bm25s sets its logger to DEBUG when imported (each index build then reaches the app's log);
+    # set after the import, or the import undoes it
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s, Stemmer
 
 

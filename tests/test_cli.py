@@ -134,6 +134,9 @@ def test_ctrl_c_during_index_keeps_the_collection(kb, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ},
+        # a shell running this suite in the background (CI's `cmd &`) starts it with SIGINT ignored,
+        # which a child inherits: give the CLI the terminal's default, as when a user presses Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (kb / "docs-writer.sqlite").exists() and time.monotonic() < deadline:
