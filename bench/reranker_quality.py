@@ -26,7 +26,8 @@ from duorank.eval.datasets import load_beir, load_labelled, load_stsb
 from duorank.eval.metrics import evaluate
 from duorank.eval.run import corpus_vectors
 from duorank.eval.significance import randomization_test
-from duorank.lexical import BM25, blend, rrf
+from duorank.lexical import BM25, blend, rerank_head, rrf
+from duorank.models import RECALLS, VARIANTS
 
 log = logging.getLogger("reranker_quality")
 METRICS = ["ndcg@10", "mrr@10", "recall@10"]
@@ -60,25 +61,39 @@ def rerank_run(
     run = {}
     for i, q in enumerate(qids):
         docs, first = ranked(stages[source], i)
-        if a is None:
-            final = first
-        else:
-            head = np.array([scores[i, d] for d in docs[:depth]])
-            head = head if a == 1.0 else blend(first[:depth], head, a)
-            rest = len(docs) - len(head)
-            final = np.concatenate([head, head.min() - np.arange(1, rest + 1)]) if rest > 0 else head
-        run[q] = {doc_ids[d]: float(s) for d, s in zip(docs, final)}
+        if a is not None:
+            first = rerank_head(first, [scores[i, d] for d in docs[:depth]], a)
+        run[q] = {doc_ids[d]: float(s) for d, s in zip(docs, first)}
     return run
 
 
-def score_pairs(rr: Reranker, queries: list[str], corpus: list[str], wanted: dict[int, list[int]]) -> dict:
-    keys = [(i, d) for i, docs in wanted.items() for d in docs]
-    groups = [(queries[i], [corpus[d] for d in docs]) for i, docs in wanted.items()]
+def score_pairs(
+    rr: Reranker, queries: list[str], corpus: list[str], wanted: dict[int, list[int]], cache: Path | None
+) -> dict:
+    """Reranker scores of the wanted (query, document) pairs; with `cache` (a JSON file), pairs scored by an
+    earlier run of the same model, variant and long-document mode are read back instead of scored again."""
+    graph = rr.manifest["files"][VARIANTS[rr.variant]]["sha256"]
+    tag = f"{graph}:{rr.variant}:{rr.long_documents}:{rr.max_length}:{rr.stride}:{rr.aggregate}"
+    known: dict[str, float] = {}
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text())
+        known = saved["scores"] if saved.get("model") == tag else {}
+    key = {(i, d): f"{queries[i]}\x1f{d}" for i, docs in wanted.items() for d in docs}
+    todo = {i: [d for d in docs if key[i, d] not in known] for i, docs in wanted.items()}
+    todo = {i: docs for i, docs in todo.items() if docs}
+    log.info("%d pairs wanted, %d to score (%s)", len(key), sum(map(len, todo.values())), tag)
     t = time.perf_counter()
-    out = rr.score_groups(groups, progress=True)
+    groups = [(queries[i], [corpus[d] for d in docs]) for i, docs in todo.items()]
+    got = rr.score_groups(groups, progress=True) if groups else []
     seconds = time.perf_counter() - t
-    flat = np.concatenate(out) if out else np.empty(0)
-    return {"scores": dict(zip(keys, flat.tolist())), "pairs": len(keys), "seconds": seconds}
+    for (i, docs), values in zip(todo.items(), got):
+        known.update((key[i, d], float(v)) for d, v in zip(docs, values))
+    if cache is not None and todo:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": tag, "scores": known}))
+        tmp.replace(cache)
+    pairs = sum(map(len, todo.values()))
+    return {"scores": {k: known[v] for k, v in key.items()}, "pairs": pairs, "seconds": seconds}
 
 
 def latency(
@@ -95,6 +110,31 @@ def latency(
             times.append(1e3 * (time.perf_counter() - t))
         out[d] = float(np.median(times))
     return out
+
+
+def _blends(rr: Reranker, source: str, depth: int, extra: dict[str, Any]) -> list[tuple[str, float]]:
+    """(label, weight) rows for one first stage and depth: the reranker alone, its recorded blend for this
+    first stage ("default" at the recorded depth), and `extra` dev-set choices for (source, depth)."""
+    chosen = rr.defaults(source)
+    out = [("reranker", 1.0)]
+    if chosen.blend != 1.0:
+        out.append((f"blend {chosen.blend}" + (" (default)" if depth == chosen.depth else ""), chosen.blend))
+    for label, c in extra.items():
+        if (c["source"], c["depth"]) == (source, depth) and c["blend"] not in (w for _, w in out):
+            out.append((f"blend {c['blend']} ({label})", c["blend"]))
+    return out
+
+
+def dev_choices(rr: Reranker) -> dict[str, Any]:
+    """Choices the recorded dev grid gives under other rules than the shipped one, for comparison rows: the
+    best on the SciFact dev queries alone (what `choose-blend --data scifact` would record for a user
+    whose domain is SciFact's)."""
+    grid = (rr.manifest.get("source", {}).get("dev_choice") or {}).get("grid") or []
+    rows = [r for r in grid if "scifact" in r.get("per_dataset", {})]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r["per_dataset"]["scifact"])
+    return {"SciFact dev choice": {k: best[k] for k in ("source", "depth", "blend")}}
 
 
 def scifact(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any]:
@@ -115,13 +155,14 @@ def scifact(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
             have = wanted.setdefault(i, [])
             have.extend(d for d in docs[:depth] if d not in have)
     log.info("SciFact test: reranking %d distinct pairs", sum(map(len, wanted.values())))
-    scored = score_pairs(rr, queries, corpus, wanted)
+    scored = score_pairs(rr, queries, corpus, wanted, args.cache)
     qrels = {q: ds.qrels[q] for q in qids}
     base = {
         s: evaluate(qrels, rerank_run(stages, {}, qids, doc_ids, source=s, depth=0, a=None), METRICS)
         for s in stages
     }
     lat = latency(rr, queries, corpus, stages["hybrid"], args.depths, args.latency_queries)
+    extra = dev_choices(rr)
     rows = []
     for source in stages:
         rows.append(
@@ -136,9 +177,7 @@ def scifact(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
         for depth in args.depths:
             if depth > args.shallow_max and source not in args.deep_sources:
                 continue
-            for label, a in (("reranker", 1.0), (f"blend {rr.blend}", rr.blend)):
-                if label != "reranker" and rr.blend == 1.0:
-                    continue
+            for label, a in _blends(rr, source, depth, extra):
                 r = evaluate(
                     qrels,
                     rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth, a=a),
@@ -166,13 +205,14 @@ def scifact(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
         "pairs_scored": scored["pairs"],
         "ms_per_pair_batched": round(1e3 * scored["seconds"] / max(1, scored["pairs"]), 2),
         "dev_choice": {k: v for k, v in chosen.items() if k != "grid"},
+        "other_dev_choices": extra,
         "rows": rows,
     }
 
 
 def banking(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any]:
     """Banking77 as retrieval: a test utterance's relevant documents are the train utterances of its
-    intent."""
+    intent. Each first stage is reranked at the depth and blend the model records for it."""
     path = Path(args.data) / "banking77"
     docs, doc_labels = load_labelled(path, "train")
     texts, labels = load_labelled(path, "test")
@@ -183,27 +223,28 @@ def banking(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
     qrels = {
         q: {doc_ids[j]: 1 for j, lab in enumerate(doc_labels) if lab == labels[i]} for q, i in zip(qids, pick)
     }
-    depth = rr.depth or 30
     stages = first_stages(emb, docs, queries, 100)
+    depth = {source: rr.defaults(source).depth or 30 for source in stages}
     wanted = {}
     for i in range(len(qids)):
         seen: list[int] = []
-        for hits in stages.values():
-            seen.extend(d for d in ranked(hits, i)[0][:depth] if d not in seen)
+        for source, hits in stages.items():
+            seen.extend(d for d in ranked(hits, i)[0][: depth[source]] if d not in seen)
         wanted[i] = seen
-    scored = score_pairs(rr, queries, docs, wanted)
+    scored = score_pairs(rr, queries, docs, wanted, args.cache)
     rows = []
     for source in stages:
-        for label, a in (("none", None), ("reranker", 1.0), (f"blend {rr.blend} (default)", rr.blend)):
+        a = rr.defaults(source).blend
+        for label, w in (("none", None), ("reranker", 1.0), (f"blend {a} (default)", a)):
             r = evaluate(
                 qrels,
-                rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth, a=a),
+                rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth[source], a=w),
                 METRICS,
             )
             rows.append(
                 {
                     "first_stage": source,
-                    "depth": depth,
+                    "depth": depth[source],
                     "rerank": label,
                     **{m: round(100 * v, 2) for m, v in r.mean.items()},
                 }
@@ -218,19 +259,22 @@ def banking(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
 
 
 def stsb(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any]:
+    """STS Benchmark pairs ranked by the embedder's cosine (the dense first stage) and blended with the
+    reranker at the weight it records for dense recall."""
     from scipy.stats import spearmanr
 
     s1, s2, gold = load_stsb(Path(args.data) / "stsb", "test")
     a, b = emb.encode(s1), emb.encode(s2)
     cos = (a * b).sum(axis=1).astype(np.float64)
     cross = np.array([rr.score(x, [y])[0] for x, y in zip(s1, s2)], dtype=np.float64)
-    mixed = blend(cos, cross, rr.blend)
+    w = rr.defaults("dense").blend
     rows = [
         {"scores": name, "spearman": round(100 * float(spearmanr(v, gold).statistic), 2)}
         for name, v in (
             ("embedding cosine", cos),
             ("reranker", cross),
-            (f"blend {rr.blend} (default)", mixed),
+            (f"blend {w} (default for dense)", blend(cos, cross, w)),
+            *((f"blend {rr.blend} (overall default)", blend(cos, cross, rr.blend)),) * (rr.blend != w),
         )
     ]
     log.info("stsb %s", rows)
@@ -292,14 +336,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for source, colour in colours.items():
         plain = next(r for r in rows if r["first_stage"] == source and r["depth"] is None)
         ax.axhline(plain["ndcg@10"], color=colour, linestyle=":", linewidth=1)
+        mine = [r for r in rows if r["first_stage"] == source and r["depth"]]
         for label, style in (("reranker", "--"), ("blend", "-")):
             pts = sorted(
                 (r["depth"], r["ndcg@10"])
-                for r in rows
-                if r["first_stage"] == source and r["depth"] and r["rerank"].startswith(label)
+                for r in mine
+                if r["rerank"].startswith(label) and "dev choice" not in r["rerank"]
             )
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", color=colour, label=f"{source} + {label}")
+        for r in (r for r in mine if "dev choice" in r["rerank"]):
+            ax.plot(
+                r["depth"], r["ndcg@10"], "*", markersize=12, color=colour, label=f"{source} {r['rerank']}"
+            )
     ax.set_xlabel("rerank depth (candidates read by the cross-encoder)")
     ax.set_ylabel("nDCG@10 (SciFact test)")
     ax.set_title("Reranker quality vs depth (dotted: first stage alone)")
@@ -323,21 +372,36 @@ def main() -> int:
     p.add_argument("--max-queries", type=int, help="SciFact: the first N test queries only (smoke runs)")
     p.add_argument("--skip", default="", help="comma list of: scifact, banking77, stsb")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="JSON file of reranker scores kept between runs of the same model (a full table scores ~45k "
+        "pairs, ~40 min on 2 cores)",
+    )
     p.add_argument("--latency-only", action="store_true", help="only the per-depth rerank latency (SciFact)")
+    p.add_argument("--replot", action="store_true", help="redraw the table and plot from --out's JSON")
     args = p.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
     args.deep_sources = set(args.deep_sources.split(","))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if args.replot:
+        result = json.loads((Path(args.out) / "reranker_quality.json").read_text())
+        (Path(args.out) / "reranker_quality.md").write_text(markdown(result))
+        plot(result, Path(args.out) / "reranker_quality.png")
+        return 0
     emb = Embedder.load("default", threads=args.threads)
     rr = Reranker.load(
         args.reranker, variant=args.variant, threads=args.threads, long_documents=args.long_documents
     )
-    log.info("reranker %s (%s), blend %s, depth %s", rr.folder, rr.variant, rr.blend, rr.depth)
+    log.info("reranker %s (%s), defaults %s", rr.folder, rr.variant, {s: rr.defaults(s) for s in RECALLS})
     result: dict[str, Any] = {
         "reranker": str(rr.folder),
         "variant": rr.variant,
         "blend": rr.blend,
         "depth": rr.depth,
+        "per_recall": {
+            s: dict(zip(("blend", "depth"), (d.blend, d.depth))) for s in RECALLS for d in [rr.defaults(s)]
+        },
         "long_documents": args.long_documents,
     }
     if args.latency_only:

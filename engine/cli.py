@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         "choose-blend",
         help="choose a reranker's blend weight and depth on your labelled queries (no training)",
         description="Score the dev queries of BEIR (the seeded split training uses) with FOLDER's reranker "
-        "over dense, BM25 and hybrid candidates, choose the (first stage, depth, blend) that is best on "
-        "average without losing on any dataset, and record it in FOLDER's manifest.",
+        "over dense, BM25 and hybrid candidates; for each first stage choose the (depth, blend) that is best "
+        "on average without losing on any dataset against that first stage alone, and record them in "
+        "FOLDER's manifest (search uses the pair for the --recall it runs).",
         epilog="example:\n  duorank models choose-blend ./reranker --data ./my-qrels --python-docs 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -266,10 +267,14 @@ def _engine_commands(sub: Any) -> None:
         "--reranker", help="reranker to use instead of the recorded one ('default': the packaged one)"
     )
     se.add_argument(
-        "--rerank-depth", type=int, help="candidates the reranker reads (default: its recorded depth)"
+        "--rerank-depth",
+        type=int,
+        help="candidates the reranker reads (default: the depth it records for --recall)",
     )
     se.add_argument(
-        "--rerank-blend", type=float, help="weight of the reranker vs recall, 0..1 (default: recorded)"
+        "--rerank-blend",
+        type=float,
+        help="weight of the reranker vs recall, 0..1 (default: the weight it records for --recall)",
     )
     se.add_argument("--json", action="store_true", help="results as JSON on stdout")
 

@@ -170,6 +170,22 @@ def blend(first: ArrayLike, second: ArrayLike, weight: float) -> NDArray[np.floa
     return weight * b + (1.0 - weight) * a
 
 
+def rerank_head(first: ArrayLike, head: ArrayLike, weight: float) -> NDArray[np.float64]:
+    """Final scores of one query's candidate list when a reranker scored only its head (the first
+    len(head)): the head blended with its first-stage scores (weight 1.0: the reranker alone), then the
+    rest in first-stage order, every one below the head."""
+    first = np.asarray(first, dtype=np.float64)
+    head = np.asarray(head, dtype=np.float64)
+    if head.ndim != 1 or first.ndim != 1 or head.shape[0] > first.shape[0]:
+        raise ValueError(f"rerank_head: {head.shape} head scores for {first.shape} candidates")
+    top = head if weight == 1.0 else blend(first[: head.shape[0]], head, weight)
+    rest = first.shape[0] - top.shape[0]
+    if rest == 0:
+        return top
+    floor = top.min() if top.size else 0.0
+    return np.concatenate([top, floor - np.arange(1, rest + 1, dtype=np.float64)])
+
+
 def _weights(runs: Sequence[Hits], weights: Sequence[float] | None) -> NDArray[np.float64]:
     if not runs:
         raise ValueError("no runs to fuse")

@@ -27,12 +27,11 @@ from .collection import Collection
 from .errors import DuorankError
 from .files import read_manifest
 from .hits import Hits
-from .lexical import blend, rrf, weighted
-from .models import Embedder, Reranker, _check_texts
+from .lexical import rerank_head, rrf, weighted
+from .models import RECALLS, Embedder, Reranker, _check_texts
 
 log = logging.getLogger(__name__)
 
-RECALLS = ("dense", "bm25", "hybrid")
 RERANKS = ("cross", "embedding", None)
 PARENT, CHUNK = "_parent", "_chunk"  # metadata keys of chunks
 
@@ -293,10 +292,11 @@ class Engine:
         for min-max normalised scores). rerank: "cross" (the reranker), "embedding" (cosine with the
         query), None (recall order), "auto" (cross when the engine has a reranker). group: one hit per
         document (its best chunk), so top_n counts documents. rerank_blend: weight a of the cross-encoder
-        in a * z(rerank) + (1 - a) * z(recall), scores z-normalised per query (default: the reranker's
-        recorded weight, 1.0 unless it was trained with a blend). rerank_depth: how many of the top_k
-        candidates the cross-encoder reads (default: the depth recorded with the reranker but at least top_n,
-        else all top_k); the rest follow in recall order, below every reranked one.
+        in a * z(rerank) + (1 - a) * z(recall), scores z-normalised per query (default: the weight the
+        reranker records for this recall, Reranker.defaults(recall); 1.0 unless it was trained with a blend).
+        rerank_depth: how many of the top_k candidates the cross-encoder reads (default: the depth recorded
+        for this recall but at least top_n, else all top_k); the rest follow in recall order, below every
+        reranked one.
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)
@@ -306,9 +306,11 @@ class Engine:
         blank = [i for i, q in enumerate(qs) if not q.strip()]
         if blank:
             raise ValueError(f"queries {blank[:10]} are empty: a query needs words")
-        for name, v in (("top_k", top_k), ("top_n", top_n)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} {v!r}, expected an int >= 1")
+        counts = (("top_k", top_k, ""), ("top_n", top_n, ""), ("rerank_depth", rerank_depth, " or None"))
+        for name, v, or_none in counts:
+            bad = isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+            if bad and not (or_none and v is None):
+                raise ValueError(f"{name} {v!r}, expected an int >= 1{or_none}")
         if top_n > top_k:
             raise ValueError(f"top_n {top_n} > top_k {top_k}: rerank keeps top_n of the top_k candidates")
         if recall not in RECALLS:
@@ -325,12 +327,6 @@ class Engine:
             raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
         if fusion not in ("rrf", "weighted"):
             raise ValueError(f"fusion {fusion!r}, expected 'rrf' or 'weighted'")
-        if rerank_depth is not None and (
-            isinstance(rerank_depth, bool)
-            or not isinstance(rerank_depth, (int, np.integer))
-            or rerank_depth < 1
-        ):
-            raise ValueError(f"rerank_depth {rerank_depth!r}, expected an int >= 1 or None")
         timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
         truncated = {"queries": 0, "pairs": 0}
 
@@ -362,13 +358,11 @@ class Engine:
         final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
         if rerank == "cross":
             assert self.reranker is not None
-            depth = rerank_depth or max(top_n, self.reranker.depth or top_k)
+            chosen = self.reranker.defaults(recall)  # the weight and depth chosen on dev for this recall
+            depth = rerank_depth or max(top_n, chosen.depth or top_k)
             scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
-            a = self.reranker.blend if rerank_blend is None else float(rerank_blend)
-            final = [
-                _below(s.scores.astype(np.float64) if a == 1.0 else blend(first[:depth], s.scores, a), first)
-                for s, first in zip(scored, final)
-            ]
+            a = chosen.blend if rerank_blend is None else float(rerank_blend)
+            final = [rerank_head(first, s.scores, a) for s, first in zip(scored, final)]
             truncated["pairs"] = sum(s.n_truncated for s in scored)
         elif rerank == "embedding":
             vecs = self.collection.vectors_of(hits.ids)
@@ -380,15 +374,6 @@ class Engine:
         out = [_top(found, hits, i, final[i], top_n, group) for i in range(len(qs))]
         timings["total"] = _ms(t_start)
         return Results(qs, out, timings, recall, rerank, strategy, truncated)
-
-
-def _below(head: NDArray[np.float64], recall: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The reranked head's scores, then the candidates beyond the rerank depth in recall order, below it."""
-    rest = recall.shape[0] - head.shape[0]
-    if rest <= 0:
-        return head
-    floor = head.min() if head.size else 0.0
-    return np.concatenate([head, floor - np.arange(1, rest + 1, dtype=np.float64)])
 
 
 def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int, group: bool) -> list[Hit]:

@@ -9,6 +9,7 @@ import pytest
 
 from duorank import Engine, ModelMismatchError, Reranker
 from duorank.eval.metrics import evaluate
+from duorank.models import MANIFEST, RerankDefaults
 from duorank.models_export import export
 from duorank.store import FilterError
 from tests.tiny_bert import tiny_bert_folder
@@ -179,3 +180,38 @@ def test_cross_rerank_plumbing(tmp_path, default_embedder):
     with Engine.open(tmp_path / "c") as eng:  # the reranker recorded at create comes back
         assert eng.reranker is not None and eng.search("cats", top_k=5, top_n=2).rerank == "cross"
     assert json.loads(json.dumps(res.to_dict()))["queries"][0]["query"] == "cats and dogs"
+
+
+def test_recorded_blend_and_depth_per_recall(tmp_path, default_embedder):
+    """A reranker's manifest records a (blend, depth) for each first stage; search uses the one for its
+    recall (plumbing with a random-weight cross-encoder: no quality claim)."""
+    src = tiny_bert_folder(tmp_path / "hf", kind="reranker", seed=3)
+    folder = export(src, tmp_path / "rr", backend="numpy")
+    rr = Reranker.load(folder)
+    assert rr.defaults("dense") == RerankDefaults(1.0, None) == rr.defaults()  # nothing recorded
+    with pytest.raises(ValueError, match="recall 'sparse'"):
+        rr.defaults("sparse")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["rerank"] = {
+        "blend": 0.5,
+        "depth": 6,
+        "recall": {"dense": {"blend": 0.0, "depth": 3}, "bm25": {"blend": 1.0, "depth": 4}},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    rr = Reranker.load(folder)
+    assert rr.defaults("dense") == RerankDefaults(0.0, 3) and rr.defaults("bm25") == RerankDefaults(1.0, 4)
+    assert rr.defaults("hybrid") == RerankDefaults(0.5, 6) == rr.defaults() and (rr.blend, rr.depth) == (
+        0.5,
+        6,
+    )
+    texts = [f"document {i} about {w}" for i, w in enumerate(["cats", "dogs", "fish", "birds", "trees"] * 4)]
+    with Engine.create(tmp_path / "c", default_embedder, rr) as eng:
+        eng.add(texts)
+        q = "cats and dogs"
+        for recall, depth in (("dense", 3), ("bm25", 4)):  # top_n = depth: the reranked head itself
+            recalled = eng.search(q, top_k=8, top_n=8, recall=recall, rerank=None)[0]
+            got = [h.id for h in eng.search(q, top_k=8, top_n=depth, recall=recall)[0]]
+            own = rr.score(q, [h.text for h in recalled[:depth]])
+            by_reranker = [recalled[i].id for i in np.lexsort((np.arange(depth), -own))]
+            # dense: blend 0.0, its own order; bm25: blend 1.0, the reranker's order of its first 4 only
+            assert got == ([h.id for h in recalled[:depth]] if recall == "dense" else by_reranker)

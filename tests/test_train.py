@@ -7,8 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from duorank.lexical import blend
-from duorank.models_export.train import TrainConfig, mine_negatives, split_queries, train_reranker
+from duorank.lexical import blend, rerank_head
+from duorank.models import RerankDefaults
+from duorank.models_export.train import (
+    TrainConfig,
+    choose_from_grid,
+    mine_negatives,
+    split_queries,
+    train_reranker,
+)
 
 
 def test_negatives_never_include_a_labelled_positive():
@@ -43,6 +50,50 @@ def test_blend():
         blend(first, second[:2], 0.5)
 
 
+def test_rerank_head():
+    """Scores of a list whose head was reranked: the head blended, the rest in first-stage order below."""
+    first = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    head = np.array([0.1, 0.3, 0.2])
+    alone = rerank_head(first, head, 1.0)
+    np.testing.assert_array_equal(alone[:3], head)
+    assert np.argsort(-alone).tolist() == [1, 2, 0, 3, 4] and alone[3] > alone[4]
+    np.testing.assert_allclose(rerank_head(first, head, 0.3)[:3], blend(first[:3], head, 0.3))
+    assert np.argsort(-rerank_head(first, head, 0.0)).tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(rerank_head(first, first, 1.0), first)  # all reranked: nothing below
+    assert rerank_head(first, [], 1.0).tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0]  # nothing reranked
+    with pytest.raises(ValueError, match="head scores"):
+        rerank_head(first[:2], head, 1.0)
+
+
+def test_choice_rule_overall_and_per_first_stage():
+    """choose_from_grid: the best mean dev nDCG@10 among choices that lose on no dev dataset against the
+    same first stage alone (blend 0.0 at that depth), overall and for each first stage."""
+
+    def row(source, depth, a, x, y):
+        return {
+            "source": source,
+            "depth": depth,
+            "blend": a,
+            "dev_ndcg@10": (x + y) / 2,
+            "per_dataset": {"x": x, "y": y},
+        }
+
+    grid = [
+        row("dense", 10, 0.0, 0.50, 0.60),
+        row("dense", 10, 0.5, 0.70, 0.61),  # safe, mean 0.655
+        row("dense", 10, 1.0, 0.90, 0.55),  # best mean for dense but loses on y: never chosen
+        row("bm25", 10, 0.0, 0.60, 0.60),
+        row("bm25", 10, 0.3, 0.62, 0.61),  # safe, mean 0.615
+        row("hybrid", 20, 0.0, 0.66, 0.66),  # nothing beats it without a loss: blend 0.0 is the choice
+        row("hybrid", 20, 0.2, 0.80, 0.65),
+    ]
+    choice = choose_from_grid(grid)
+    assert (choice["source"], choice["depth"], choice["blend"]) == ("hybrid", 20, 0.0)
+    assert choice["best_unconstrained"]["blend"] == 1.0 and choice["grid"] is grid
+    per = {k: (v["depth"], v["blend"]) for k, v in choice["per_recall"].items()}
+    assert per == {"dense": (10, 0.5), "bm25": (10, 0.3), "hybrid": (20, 0.0)}
+
+
 def test_bad_configs_and_the_test_split(tmp_path, shared_data):
     with pytest.raises(ValueError, match="multiple of group_size"):
         TrainConfig(batch_size=10, group_size=8)
@@ -52,6 +103,14 @@ def test_bad_configs_and_the_test_split(tmp_path, shared_data):
         train_reranker("base", shared_data / "scifact", tmp_path / "out", split="test")
 
 
+def _short(**kw) -> TrainConfig:
+    """A few steps of training on a few dozen queries, BM25 candidates, 128 tokens."""
+    base = dict(
+        epochs=1, batch_size=8, group_size=4, max_length=128, negatives=20, sources=("bm25",), dev_depth=10
+    )
+    return TrainConfig(**{**base, **kw})
+
+
 def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_data):
     pytest.importorskip("torch", reason="training needs the [export] extra")
     pytest.importorskip("transformers", reason="training needs the [export] extra")
@@ -59,17 +118,10 @@ def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_dat
     from duorank import Reranker
     from duorank.models_export.builtin import weights_folder
 
-    config = TrainConfig(
-        epochs=1,
-        batch_size=8,
-        group_size=4,
-        max_length=128,
+    config = _short(
         lr=1e-4,
-        negatives=20,
-        sources=("bm25",),
         dev_fraction=0.2,
         depths=(10,),
-        dev_depth=10,
         max_queries=40,
         max_steps=16,
         python_docs=16,  # the domain mix (pseudo-queries from the Python docs)
@@ -93,6 +145,7 @@ def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_dat
         prov["data_license"]["scifact"].startswith("CC BY-NC") and prov["train_queries"]["python-docs"] == 13
     )
     assert rr.blend == manifest["rerank"]["blend"] and rr.depth == 10
+    assert "recall" not in manifest["rerank"]  # two dev domains (SciFact + Python docs): one weight
     check = manifest["variants"]["int8"]["retrieval"]
     assert check["passed"] and check["queries"] == 8 and check["split"] == "train"
     assert check["ndcg@10_fp32"] - check["ndcg@10_int8"] <= 1.0
@@ -110,19 +163,7 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     from duorank.models_export.quantize import retrieval_check
     from duorank.models_export.train import choose_defaults
 
-    config = TrainConfig(
-        epochs=1,
-        batch_size=8,
-        group_size=4,
-        max_length=128,
-        negatives=20,
-        sources=("bm25",),
-        dev_fraction=0.25,
-        depths=(5, 10),
-        dev_depth=10,
-        max_queries=24,
-        max_steps=4,
-    )
+    config = _short(dev_fraction=0.25, depths=(5, 10), max_queries=24, max_steps=4)
     folder = tmp_path / "rr"
     train_reranker(
         weights_folder("default")[0], shared_data / "scifact", folder, config=config, progress=False
@@ -133,6 +174,9 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     assert all(choice["per_dataset"][k] >= v - 1e-9 for k, v in alone["per_dataset"].items())
     rr = Reranker.load(folder)
     assert (rr.blend, rr.depth, rr.long_documents) == (choice["blend"], choice["depth"], "truncate")
+    assert set(choice["per_recall"]) == {"bm25"}
+    bm25 = choice["per_recall"]["bm25"]
+    assert rr.defaults("bm25") == RerankDefaults(bm25["blend"], bm25["depth"])
     with pytest.raises(ValueError, match="test split"):
         choose_defaults(folder, shared_data / "scifact", split="test", config=config)
 
