@@ -109,3 +109,24 @@ def count_above(scores, r_off, entry_query, entry_score, above, equal):  # type:
                 t += 1
         above[e] = a
         equal[e] = t
+
+
+@nb.njit(
+    "void(f8[::1], i8[::1], i8[::1], f8[::1], i8[::1], i8[::1], i8[::1])",
+    parallel=True,
+    cache=True,
+    nogil=True,
+)
+def equal_positions(scores, r_off, entry_query, entry_score, entries, pos_off, pos):  # type: ignore[no-untyped-def]
+    """For each listed entry entries[t] (of query q, score s): the positions within q's run
+    `scores[r_off[q]:r_off[q+1]]` that hold a score equal to s, into pos[pos_off[t]:pos_off[t+1]] (sized by
+    count_above's `equal`)."""
+    for t in nb.prange(entries.shape[0]):
+        e = entries[t]
+        q = entry_query[e]
+        s = entry_score[e]
+        w = pos_off[t]
+        for i in range(r_off[q], r_off[q + 1]):
+            if scores[i] == s:
+                pos[w] = i - r_off[q]
+                w += 1

@@ -69,7 +69,7 @@ def _judged_ranks(qrels: Qrels, run: Run, qids: list[str]) -> tuple[Any, ...]:
     Every score goes through one C-level `np.fromiter`; only judged documents are ranked, by counting the
     scores above theirs in a parallel kernel; Python touches a query's whole run only to order ties.
     """
-    from duorank.kernels.metrics import count_above
+    from duorank.kernels.metrics import count_above, equal_positions
 
     runs = [run.get(q) or {} for q in qids]
     n_ret = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
@@ -101,16 +101,21 @@ def _judged_ranks(qrels: Qrels, run: Run, qids: list[str]) -> tuple[Any, ...]:
     eq = np.array(e_query, dtype=np.int64)
     above = np.zeros(len(eq), dtype=np.int64)
     equal = np.zeros(len(eq), dtype=np.int64)
-    count_above(flat, r_off, eq, np.array(e_score, dtype=np.float64), above, equal)
+    e_scores = np.array(e_score, dtype=np.float64)
+    count_above(flat, r_off, eq, e_scores, above, equal)
     tied = np.flatnonzero(equal > 1)
-    keys: dict[int, list[str]] = {}
-    for e in tied.tolist():  # equal scores: the larger doc id ranks first (trec_eval)
-        q = e_query[e]
-        if q not in keys:
-            keys[q] = list(runs[q])
-        block = flat[r_off[q] : r_off[q + 1]]
-        doc = e_doc[e]
-        above[e] += sum(1 for j in np.flatnonzero(block == e_score[e]).tolist() if keys[q][j] > doc)
+    if tied.size:  # equal scores: the larger doc id ranks first (trec_eval)
+        pos_off = np.zeros(tied.size + 1, dtype=np.int64)
+        np.cumsum(equal[tied], out=pos_off[1:])
+        pos = np.empty(int(pos_off[-1]), dtype=np.int64)
+        equal_positions(flat, r_off, eq, e_scores, tied, pos_off, pos)
+        keys: dict[int, list[str]] = {}
+        pos_list, bounds = pos.tolist(), pos_off.tolist()
+        for t, e in enumerate(tied.tolist()):
+            q = e_query[e]
+            names = keys.get(q) or keys.setdefault(q, list(runs[q]))
+            doc = e_doc[e]
+            above[e] += sum(1 for j in pos_list[bounds[t] : bounds[t + 1]] if names[j] > doc)
     s_off = np.zeros(len(qids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(eq, minlength=len(qids)), out=s_off[1:])
     return above, np.array(e_grade, dtype=np.int64), s_off, n_ret
