@@ -178,7 +178,8 @@ class HnswIndex:
 
     def search(self, queries: ArrayLike, k: int = 10, *, allowed: ArrayLike | None = None) -> Hits:
         """Approximate top-k by cosine; with `allowed` (ids), oversample and post-filter, widening the search
-        until k allowed results are found or every allowed id present has been returned."""
+        until k allowed results are found; once the widening would read the whole graph (a very selective
+        filter), the allowed rows' stored vectors are scored exactly instead."""
         k = as_k(k)
         q = as_vectors(queries, self.dim, "queries", copy=True)
         norms = np.linalg.norm(q, axis=1, keepdims=True)
@@ -201,7 +202,7 @@ class HnswIndex:
         # Expect allow.size / len(self) of the candidates to pass the filter: oversample by its inverse.
         count = min(len(self), max(4 * k, k + 32, int(2 * want * len(self) / allow.size)))
         todo = np.arange(n)
-        while todo.size:
+        while todo.size and count < len(self):
             keys, dist, counts = self._raw(q[todo], count)
             unfinished = []
             for r, row in enumerate(todo):
@@ -209,7 +210,7 @@ class HnswIndex:
                 got = 1.0 - dist[r, : counts[r]]
                 keep = np.isin(got_ids, allow)
                 got_ids, got = got_ids[keep], got[keep]
-                if got_ids.size < want and count < len(self):
+                if got_ids.size < want:
                     unfinished.append(row)
                     continue
                 m = min(k, got_ids.size)
@@ -217,6 +218,16 @@ class HnswIndex:
                 scores[row, :m] = got[:m]
             todo = np.array(unfinished, dtype=np.int64)
             count = min(len(self), count * 4)
+        if todo.size:
+            # the widening reached the whole graph, where HNSW saves nothing and may miss a few allowed
+            # rows: score the allowed rows' stored vectors exactly instead
+            present = allow[self.contains(allow)]
+            vecs = np.atleast_2d(self._index.get(present, dtype=np.float32)).reshape(present.size, self.dim)
+            for row in todo.tolist():
+                s = vecs @ q[row]
+                order = np.argsort(-s, kind="stable")[:k]  # ties: the smaller id first
+                ids[row, : order.size] = present[order]
+                scores[row, : order.size] = s[order]
         return Hits(ids, scores)
 
     def _raw(self, q: NDArray[np.float32], count: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
