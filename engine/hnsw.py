@@ -222,7 +222,10 @@ class HnswIndex:
             # the widening reached the whole graph, where HNSW saves nothing and may miss a few allowed
             # rows: score the allowed rows' stored vectors exactly instead
             present = allow[self.contains(allow)]
-            vecs = np.atleast_2d(self._index.get(present, dtype=np.float32)).reshape(present.size, self.dim)
+            get: Any = self._index.get  # its stub types dtype as str, but a str dtype returns a tuple
+            vecs = np.asarray(get(present, dtype=np.float32), dtype=np.float32).reshape(
+                present.size, self.dim
+            )
             for row in todo.tolist():
                 s = vecs @ q[row]
                 order = np.argsort(-s, kind="stable")[:k]  # ties: the smaller id first
