@@ -90,9 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         "choose-blend",
         help="choose a reranker's blend weight and depth on your labelled queries (no training)",
         description="Score the dev queries of BEIR (the seeded split training uses) with FOLDER's reranker "
-        "over dense, BM25 and hybrid candidates; for each first stage choose the (depth, blend) that is best "
-        "on average without losing on any dataset against that first stage alone, and record them in "
-        "FOLDER's manifest (search uses the pair for the --recall it runs).",
+        "over dense, BM25 and hybrid candidates; choose the (depth, blend) that is best on average without "
+        "losing on any dataset against the same first stage alone, and record it in FOLDER's manifest: "
+        "with one --data and no --python-docs, one pair per first stage (search uses the pair for the "
+        "--recall it runs); with several dev domains, one pair for all.",
         epilog="example:\n  duorank models choose-blend ./reranker --data ./my-qrels --python-docs 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -113,7 +113,9 @@ def _judged_ranks(qrels: Qrels, run: Run, qids: list[str]) -> tuple[Any, ...]:
         pos_list, bounds = pos.tolist(), pos_off.tolist()
         for t, e in enumerate(tied.tolist()):
             q = e_query[e]
-            names = keys.get(q) or keys.setdefault(q, list(runs[q]))
+            if q not in keys:
+                keys[q] = list(runs[q])
+            names = keys[q]
             doc = e_doc[e]
             above[e] += sum(1 for j in pos_list[bounds[t] : bounds[t + 1]] if names[j] > doc)
     s_off = np.zeros(len(qids) + 1, dtype=np.int64)
