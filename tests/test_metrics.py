@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from duorank.eval import evaluate
 
@@ -70,6 +72,24 @@ def test_random_runs_with_many_ties():
     assert_matches(qrels, run)
 
 
+_DOCS = st.sampled_from([f"d{i}" for i in range(12)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["q1", "q2", "q3"]), st.dictionaries(_DOCS, st.integers(0, 3), max_size=6), min_size=1
+    ),
+    st.dictionaries(
+        st.sampled_from(["q1", "q2", "q3", "q4"]),
+        st.dictionaries(_DOCS, st.sampled_from([-1.0, 0.0, 0.25, 0.5, 1.0, 2.0]), max_size=12),
+    ),
+)
+def test_any_small_run_matches_trec_eval(qrels, run):
+    """Few distinct scores, so ties everywhere; empty runs, empty judgements and unjudged queries too."""
+    assert_matches(qrels, run)
+
+
 def test_real_scifact_qrels(shared_data):
     qrels: dict[str, dict[str, int]] = {}
     for line in (shared_data / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]:
@@ -99,11 +119,42 @@ def test_missing_and_unjudged_queries_are_counted():
         ({"a": {"d": 1}}, {"a": {"d": 1.0}}, [], "metrics is empty"),
         ({}, {"a": {"d": 1.0}}, ["ndcg@10"], "qrels is empty"),
         ({"a": {"d": 1}}, {"a": {"d": float("nan")}}, ["ndcg@10"], r"run\['a'\]\['d'\] = nan"),
+        ({"a": {"d": 1}}, {"a": {"e": 0.5, "d": -np.inf}}, ["ndcg@10"], r"run\['a'\]\['d'\] = -inf"),
+        ({"a": {"d": 1}}, {"a": {"e": 0.5, "d": "0.9"}}, ["ndcg@10"], r"run\['a'\]\['d'\] = '0.9'"),
+        ({"a": {"d": 1}}, {"a": {"d": None}}, ["ndcg@10"], r"run\['a'\]\['d'\] = None"),
+        ({"a": {"d": 1}}, {"a": {"d": True}}, ["ndcg@10"], r"run\['a'\]\['d'\] = True"),
+        ({"a": {"d": 1}}, {"a": {"d": np.False_}}, ["ndcg@10"], r"run\['a'\]\['d'\] = (np\.)?False"),
     ],
 )
 def test_bad_input_raises(qrels, run, metrics, message):
     with pytest.raises(ValueError, match=message):
         evaluate(qrels, run, metrics)
+
+
+def test_scores_of_any_numeric_type_and_mappings_of_any_kind():
+    """Scores read through the C API (kernels/dict_ranks.py) agree with Python floats whatever their type
+    (int, numpy scalars, a score of exactly -1.0, which is also the C API's error value), and a Mapping
+    that is not a dict gives the dict's result."""
+    from types import MappingProxyType
+
+    qrels = {"a": {"d1": 1, "d2": 2, "d3": 0}, "b": {"e1": 1}}
+    run = {
+        "a": {"d1": -1.0, "d2": 3, "d3": np.float32(0.5), "d4": np.float64(-1.0)},
+        "b": {"e1": np.int64(2)},
+    }
+    floats = {q: {d: float(v) for d, v in r.items()} for q, r in run.items()}
+    expected = evaluate(qrels, floats, OURS).per_query
+    assert evaluate(qrels, run, OURS).per_query == expected
+    proxied = MappingProxyType({q: MappingProxyType(r) for q, r in floats.items()})
+    assert evaluate(MappingProxyType(qrels), proxied, OURS).per_query == expected
+    assert_matches(qrels, floats)
+
+
+def test_ids_that_cannot_break_a_tie_raise():
+    with pytest.raises(TypeError, match=r"document ids of run\['a'\] cannot be ordered"):
+        evaluate({"a": {"d": 1}}, {"a": {"d": 1.0, 7: 1.0}}, ["ndcg@10"])
+    # without a tie the ids are never compared, as in trec_eval
+    assert evaluate({"a": {"d": 1}}, {"a": {"d": 1.0, 7: 0.5}}, ["ndcg@10"]).mean["ndcg@10"] == 1.0
 
 
 def test_metric_names_are_case_insensitive_with_aliases():

@@ -62,65 +62,45 @@ def _check_scores(run: Run, qids: Sequence[str]) -> None:
                 raise ValueError(f"run[{qid!r}][{doc!r}] = {v!r}: scores must be finite numbers")
 
 
-def _judged_ranks(qrels: Qrels, run: Run, qids: list[str]) -> tuple[Any, ...]:
-    """Sparse ranking input for the metrics kernel: per query, the 0-based trec_eval ranks (score desc,
-    then doc id desc) and grades of its judged documents found in the run, and the run's length.
+def _as_dict(m: Mapping[Any, Any] | None) -> dict[Any, Any]:
+    return m if type(m) is dict else dict(m or {})
 
-    Every score goes through one C-level `np.fromiter`; only judged documents are ranked, by counting the
-    scores above theirs in a parallel kernel; Python touches a query's whole run only to order ties.
+
+_BOOLS = np.array([id(True), id(False), id(np.True_), id(np.False_)], dtype=np.intp)
+
+
+def _judged_ranks(
+    judged: list[dict[str, int]], run: Run, qids: list[str], j_len: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """trec_eval's 0-based rank (score desc, then doc id desc) of every judged document, flat in the
+    qrels' order (-1: not retrieved), and each run's length. A Numba kernel reads the dicts through
+    CPython's C API (kernels/dict_ranks.py); on a bad score or id it stops and this names the value.
     """
-    from duorank.kernels.metrics import count_above, equal_positions
+    from duorank.kernels.dict_ranks import BAD_SCORE, judged_ranks
 
-    runs = [run.get(q) or {} for q in qids]
-    n_ret = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
-    r_off = np.zeros(len(runs) + 1, dtype=np.int64)
-    np.cumsum(n_ret, out=r_off[1:])
-    try:
-        flat = np.fromiter(
-            chain.from_iterable(r.values() for r in runs), dtype=np.float64, count=int(r_off[-1])
-        )
-    except (TypeError, ValueError):
-        _check_scores(run, qids)
-        raise
-    if not np.isfinite(flat).all() or any(
-        isinstance(next(iter(r.values())), (bool, np.bool_)) for r in runs if r
-    ):
-        _check_scores(run, qids)
-    e_query: list[int] = []
-    e_doc: list[str] = []
-    e_score: list[float] = []
-    e_grade: list[int] = []
-    for i, (qid, r) in enumerate(zip(qids, runs)):
-        for d, g in qrels[qid].items():
-            v = r.get(d)
-            if v is not None:
-                e_query.append(i)
-                e_doc.append(d)
-                e_score.append(v)
-                e_grade.append(g)
-    eq = np.array(e_query, dtype=np.int64)
-    above = np.zeros(len(eq), dtype=np.int64)
-    equal = np.zeros(len(eq), dtype=np.int64)
-    e_scores = np.array(e_score, dtype=np.float64)
-    count_above(flat, r_off, eq, e_scores, above, equal)
-    tied = np.flatnonzero(equal > 1)
-    if tied.size:  # equal scores: the larger doc id ranks first (trec_eval)
-        pos_off = np.zeros(tied.size + 1, dtype=np.int64)
-        np.cumsum(equal[tied], out=pos_off[1:])
-        pos = np.empty(int(pos_off[-1]), dtype=np.int64)
-        equal_positions(flat, r_off, eq, e_scores, tied, pos_off, pos)
-        keys: dict[int, list[str]] = {}
-        pos_list, bounds = pos.tolist(), pos_off.tolist()
-        for t, e in enumerate(tied.tolist()):
-            q = e_query[e]
-            if q not in keys:
-                keys[q] = list(runs[q])
-            names = keys[q]
-            doc = e_doc[e]
-            above[e] += sum(1 for j in pos_list[bounds[t] : bounds[t + 1]] if names[j] > doc)
-    s_off = np.zeros(len(qids) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(eq, minlength=len(qids)), out=s_off[1:])
-    return above, np.array(e_grade, dtype=np.int64), s_off, n_ret
+    runs = [_as_dict(run.get(q)) for q in qids]
+    longest = max(map(len, runs), default=0)
+    ranks = np.empty(int(j_len.sum()), dtype=np.int64)
+    n_ret = np.empty(len(qids), dtype=np.int64)
+    status = judged_ranks(
+        np.array([id(r) for r in runs], dtype=np.intp),
+        np.array([id(j) for j in judged], dtype=np.intp),
+        _BOOLS,
+        ranks,
+        n_ret,
+        np.empty(longest, dtype=np.float64),
+        np.empty(longest, dtype=np.intp),
+    )
+    if status == 0:
+        return ranks, n_ret
+    qid = qids[int(n_ret[0])]
+    if status == BAD_SCORE:
+        _check_scores(run, [qid])
+        raise ValueError(f"run[{qid!r}] holds a score that is not a finite number")
+    raise TypeError(
+        f"document ids of run[{qid!r}] cannot be ordered with '>' (trec_eval breaks score ties by id): "
+        "use str ids"
+    )
 
 
 def run_from_hits(
@@ -182,13 +162,19 @@ def evaluate(
 
     qids = list(qrels)
     missing = [q for q in qids if not run.get(q)]
-    ranks, grades, s_off, n_ret = _judged_ranks(qrels, run, qids)
-    j_len = np.fromiter((len(qrels[q]) for q in qids), dtype=np.int64, count=len(qids))
+    judged = [_as_dict(qrels[q]) for q in qids]
+    j_len = np.fromiter(map(len, judged), dtype=np.int64, count=len(qids))
     judged_all = np.fromiter(
-        chain.from_iterable(qrels[q].values() for q in qids), dtype=np.int64, count=int(j_len.sum())
+        chain.from_iterable(j.values() for j in judged), dtype=np.int64, count=int(j_len.sum())
     )
     j_off = np.zeros(len(qids) + 1, dtype=np.int64)
     np.cumsum(j_len, out=j_off[1:])
+    all_ranks, n_ret = _judged_ranks(judged, run, qids, j_len)
+    found = all_ranks >= 0
+    ranks, grades = all_ranks[found], judged_all[found]
+    found_before = np.zeros(found.size + 1, dtype=np.int64)
+    np.cumsum(found, out=found_before[1:])
+    s_off = found_before[j_off]  # query q's retrieved judged documents: ranks[s_off[q]:s_off[q + 1]]
     names = list(parsed)
     codes = np.array([_CODES[parsed[n][0]] for n in names], dtype=np.int64)
     ks = np.array([parsed[n][1] for n in names], dtype=np.int64)
