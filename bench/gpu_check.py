@@ -130,12 +130,12 @@ def check_embedder(dev: str, emb_dir: Path, hf_emb: Path, texts: list[str]) -> N
     ref = cpu.encode(sample)
     par = {}
     for name, m in (("fp32", e32), ("fp16", e16)):
-        for binding in (True, False):
+        for binding in BINDINGS:
             m.io_binding = binding
             v = m.encode(sample)
             cos = (v * ref).sum(1)
             par[f"{name} io_binding={binding}"] = {"min_cosine": float(cos.min()), "mean": float(cos.mean())}
-        m.io_binding = True
+        m.io_binding = None
     RESULT["parity_vs_cpu_fp32"] = par
     say("\n| variant | min cosine vs CPU fp32 | mean |\n|---|---|---|")
     for k, v in par.items():
@@ -150,43 +150,45 @@ def check_embedder(dev: str, emb_dir: Path, hf_emb: Path, texts: list[str]) -> N
     say(f"- sentence-transformers vs duorank CPU fp32, min cosine: {RESULT['st_vs_duorank_min_cosine']:.6f}")
     rows: list[dict[str, Any]] = []
     RESULT["encode"] = rows
-    n = len(texts)
-    for bt in (4096, 16384, 65536):
-        for name, m in (("fp32", e32), ("fp16", e16)):
-            m.batch_tokens = bt
-            for binding in (True, False):
-                m.io_binding = binding
-                s = timed(lambda m=m: m.encode(texts))
-                row = {"engine": f"duorank {name}", "batch_tokens": bt, "io_binding": binding}
-                rows.append({**row, "docs_s": n / s})
-            m.io_binding = True
-    for bs in (32, 128):
-        s = timed(lambda bs=bs: st.encode(texts, batch_size=bs))
-        rows.append({"engine": "sentence-transformers fp32", "batch_size": bs, "docs_s": n / s})
-    st16 = SentenceTransformer(str(hf_emb), device=dev)
+    words = " ".join(texts).split()
+    long_texts = [" ".join(words[i : i + 200]) for i in range(0, min(len(words), 200 * 1000), 200)]
+    peers = [("sentence-transformers fp32", st)]
     if dev == "cuda":
-        st16.half()
-        for bs in (32, 128):
-            s = timed(lambda bs=bs: st16.encode(texts, batch_size=bs))
-            rows.append({"engine": "sentence-transformers fp16 (.half())", "batch_size": bs, "docs_s": n / s})
-    best_st = max(r["docs_s"] for r in rows if r["engine"].startswith("sentence"))
-    say(f"\nEncode {n} texts (docs/s; x = ratio to the best sentence-transformers row):\n")
-    say("| engine | batch | io binding | docs/s | x |\n|---|---|---|---|---|")
-    for r in rows:
-        batch = r.get("batch_tokens", r.get("batch_size"))
-        unit = "tokens" if "batch_tokens" in r else "texts"
-        say(
-            f"| {r['engine']} | {batch} {unit} | {r.get('io_binding', '-')} | {r['docs_s']:.0f} "
-            f"| {r['docs_s'] / best_st:.2f} |"
-        )
+        peers.append(("sentence-transformers fp16", SentenceTransformer(str(hf_emb), device=dev).half()))
+    for set_name, batch in (("short", texts), ("long", long_texts)):
+        n = len(batch)
+        for bt in (1024, 4096, 16384):
+            for name, m in (("fp32", e32), ("fp16", e16)):
+                m.batch_tokens = bt
+                for binding in BINDINGS:
+                    m.io_binding = binding
+                    s = timed(lambda m=m, batch=batch: m.encode(batch))
+                    row = {"texts": set_name, "engine": f"duorank {name}", "batch_tokens": bt}
+                    rows.append({**row, "io_binding": binding, "docs_s": n / s})
+                m.io_binding = None
+        for peer, model in peers:
+            for bs in (32, 128):
+                s = timed(lambda model=model, bs=bs, batch=batch: model.encode(batch, batch_size=bs))
+                rows.append({"texts": set_name, "engine": peer, "batch_size": bs, "docs_s": n / s})
+    for set_name, n in (("short", len(texts)), ("long", len(long_texts))):
+        mine = [r for r in rows if r["texts"] == set_name]
+        best_st = max(r["docs_s"] for r in mine if r["engine"].startswith("sentence"))
+        say(f"\nEncode {n} {set_name} texts (docs/s; x = ratio to the best sentence-transformers row):\n")
+        say("| engine | batch | io binding | docs/s | x |\n|---|---|---|---|---|")
+        for r in mine:
+            batch = r.get("batch_tokens", r.get("batch_size"))
+            unit = "tokens" if "batch_tokens" in r else "texts"
+            say(
+                f"| {r['engine']} | {batch} {unit} | {r.get('io_binding', '-')} | {r['docs_s']:.0f} "
+                f"| {r['docs_s'] / best_st:.2f} |"
+            )
 
     lat = {}
-    e32.batch_tokens = e16.batch_tokens = 16384
+    e32.batch_tokens = e16.batch_tokens = 4096
     for name, m in (("duorank fp32", e32), ("duorank fp16", e16)):
         lat[name] = latency(lambda m=m: m.encode([QUERY], "query"))
-    lat["sentence-transformers fp32"] = latency(lambda: st.encode([QUERY]))
-    if dev == "cuda":
-        lat["sentence-transformers fp16"] = latency(lambda: st16.encode([QUERY]))
+    for peer, model in peers:
+        lat[peer] = latency(lambda model=model: model.encode([QUERY]))
     RESULT["query_latency_ms"] = lat
     say("\n| single query | p50 ms | p99 ms |\n|---|---|---|")
     for k, (p50, p99) in lat.items():
@@ -206,10 +208,11 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
     RESULT["rerank"] = rr
     rcpu = Reranker.load(rr_dir, device="cpu", variant="fp32", threads=4)
     ref_s = rcpu.score(QUERY, passages)
+    loaded = {}
     for variant in ("fp32", "fp16"):
         if dev == "cpu" and variant == "fp16":
             continue
-        m = Reranker.load(rr_dir, device=dev, variant=variant)
+        m = loaded[variant] = Reranker.load(rr_dir, device=dev, variant=variant)
         s = m.score(QUERY, passages)
         rr[f"duorank {variant}"] = {
             "max_abs_diff_vs_cpu": float(np.abs(s - ref_s).max()),
@@ -235,13 +238,26 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
         "ms": 1e3 * timed(lambda: pk.score(QUERY, passages)),
         "providers": pk.session.get_providers(),
     }
-    say(f"\nRerank {len(passages)} (query, passage) pairs, passages over 200 characters, max_length 256:\n")
-    say("| engine | ms | max abs diff vs duorank CPU fp32 (packaged: vs its CPU int8) |\n|---|---|---|")
+    words = " ".join(texts).split()
+    many = [(QUERY, " ".join(words[i : i + 150])) for i in range(0, min(len(words), 150 * 1000), 150)]
+    RESULT["rerank_many_pairs"] = len(many)
+    for variant, m in loaded.items():
+        rr[f"duorank {variant}"]["ms_many"] = 1e3 * timed(lambda m=m: m.score(QUERY, [p for _, p in many]))
+    ce32 = CrossEncoder(str(hf_rr), device=dev, max_length=256)
+    rr["CrossEncoder fp32"]["ms_many"] = 1e3 * timed(lambda: ce32.predict(many, batch_size=32))
+    if dev == "cuda":
+        rr["CrossEncoder fp16 (.half())"]["ms_many"] = 1e3 * timed(lambda: ce.predict(many, batch_size=128))
+    say(f"\nRerank {len(passages)} (query, passage) pairs, passages over 200 characters, max_length 256, and")
+    say(f"{len(many)} pairs of 150-word passages (ms_many):\n")
+    say("| engine | ms | ms_many | max abs diff vs duorank CPU fp32 (packaged: vs its CPU int8) |")
+    say("|---|---|---|---|")
     for k, v in rr.items():
-        say(f"| {k} | {v['ms']:.1f} | {v['max_abs_diff_vs_cpu']:.2e} |")
+        many_ms = v.get("ms_many", float("nan"))
+        say(f"| {k} | {v['ms']:.1f} | {many_ms:.1f} | {v['max_abs_diff_vs_cpu']:.2e} |")
 
 
 QUERY = "How do I copy a directory tree?"
+BINDINGS = (None, "cuda", "cpu")
 
 
 def main() -> int:
