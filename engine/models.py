@@ -34,7 +34,7 @@ KINDS = ("embedder", "reranker")
 POOLINGS = ("mean", "cls", "last", "none")
 # Padded tokens per run: small batches keep the attention scores in cache on a CPU (512 beat 2,048 by 13%
 # and 8,192 by 36% on this 2-core machine, all-MiniLM-L6-v2, mixed SciFact texts); GPUs want big ones.
-DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, README "On a GPU"
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -255,6 +255,12 @@ class _Model:
             variant = "fp16" if fp16 else ("fp32" if "fp32" in have else have[0])
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
+        if device == "cuda" and variant == "int8":
+            log.warning(
+                "%s: the int8 variant on CUDA runs its dynamic quantisation on the CPU and one text per call "
+                "(65x slower than fp16 on an H200, bench/gpu_check.py); export an fp16 variant for GPUs",
+                folder,
+            )
         if VARIANTS[variant] not in manifest["files"]:
             have = [v for v, f in VARIANTS.items() if f in manifest["files"]]
             raise ModelError(f"{folder} has no {variant} variant; it has {have} (export with --{variant})")
