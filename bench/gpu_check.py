@@ -237,6 +237,7 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
         "max_abs_diff_vs_cpu": float(np.abs(s_dev - s_cpu).max()),
         "ms": 1e3 * timed(lambda: pk.score(QUERY, passages)),
         "providers": pk.session.get_providers(),
+        "weights_expanded_to_fp32": pk.dequantized,
     }
     words = " ".join(texts).split()
     many = [(QUERY, " ".join(words[i : i + 150])) for i in range(0, min(len(words), 150 * 1000), 150)]
@@ -249,6 +250,8 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
         rr["CrossEncoder fp16 (.half())"]["ms_many"] = 1e3 * timed(lambda: ce.predict(many, batch_size=128))
     say(f"\nRerank {len(passages)} (query, passage) pairs, passages over 200 characters, max_length 256, and")
     say(f"{len(many)} pairs of 150-word passages (ms_many):\n")
+    if pk.dequantized:
+        say("(packaged int8 reranker on CUDA: weights expanded to fp32 at load, `dequantize_weights`)\n")
     say("| engine | ms | ms_many | max abs diff vs duorank CPU fp32 (packaged: vs its CPU int8) |")
     say("|---|---|---|---|")
     for k, v in rr.items():

@@ -186,7 +186,7 @@ def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def _session(path: Path, device: str, threads: int | None) -> Any:
+def _session(path: Path, device: str, threads: int | None, *, dequantize: bool = False) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -204,7 +204,14 @@ def _session(path: Path, device: str, threads: int | None) -> Any:
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise DeviceError(f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu")
-    sess = ort.InferenceSession(str(path), so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    source: Any = str(path)
+    if dequantize:
+        from duorank.models_export.deps import require
+        from duorank.models_export.quantize import dequantize_weights
+
+        onnx = require("onnx", "onnx")
+        source = dequantize_weights(onnx.load(str(path))).SerializeToString()
+    sess = ort.InferenceSession(source, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         # onnxruntime-gpu falls back to CPU silently when the CUDA / cuDNN libraries do not load.
         raise DeviceError(
@@ -255,12 +262,6 @@ class _Model:
             variant = "fp16" if fp16 else ("fp32" if "fp32" in have else have[0])
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}, expected one of {list(VARIANTS)}")
-        if device == "cuda" and variant == "int8":
-            log.warning(
-                "%s: the int8 variant on CUDA runs its dynamic quantisation on the CPU and one text per call "
-                "(65x slower than fp16 on an H200, bench/gpu_check.py); export an fp16 variant for GPUs",
-                folder,
-            )
         if VARIANTS[variant] not in manifest["files"]:
             have = [v for v, f in VARIANTS.items() if f in manifest["files"]]
             raise ModelError(f"{folder} has no {variant} variant; it has {have} (export with --{variant})")
@@ -277,7 +278,10 @@ class _Model:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self.session = _session(folder / VARIANTS[variant], device, threads)
+        # int8 on CUDA: onnxruntime would run the dynamic quantisation on the CPU, one text per call (65x
+        # slower than fp16 on an H200), so the weights are expanded to fp32 at load (int8 rounding kept)
+        self.dequantized = device == "cuda" and variant == "int8"
+        self.session = _session(folder / VARIANTS[variant], device, threads, dequantize=self.dequantized)
         self._inputs = [i.name for i in self.session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
@@ -321,7 +325,8 @@ class _Model:
         # int8 graphs quantise activations with one scale per tensor, i.e. per batch: a text's result would
         # depend on its neighbours and their padding (reranker scores moved by up to 0.06 here). One text per
         # run keeps every result independent of the batch, for about 7% more time on 256-token pairs.
-        plan: Any = batching.plan(lengths, self.batch_tokens, 1 if self.variant == "int8" else 512)
+        one = self.variant == "int8" and not self.dequantized
+        plan: Any = batching.plan(lengths, self.batch_tokens, 1 if one else 512)
         if progress or (progress is None and len(encodings) >= 2000):
             from tqdm.auto import tqdm
 

@@ -92,6 +92,88 @@ def to_int8(model: Any, facts: dict[str, Any]) -> Any:
         return weight_only_int8(onnx.load(str(dst)), excluded)
 
 
+def dequantize_weights(model: Any) -> Any:
+    """The int8 graph of `to_int8` with its constant weights expanded back to fp32, activations float.
+
+    Each MatMulInteger fed by a DynamicQuantizeLinear and a constant int8 weight (with its Cast and scale
+    Mul) becomes one float MatMul on (Wq - Wzp) * Wscale, per column; each DequantizeLinear of constants
+    becomes a constant. The weights keep their int8 rounding, the activations are no longer quantised:
+    for GPUs, where onnxruntime runs dynamic quantisation on the CPU, one text per call (65x slower than
+    fp16 on an H200). Embedding lookups stay int8 (a Gather, then a DequantizeLinear of its rows: cheap and
+    GPU-native). A graph without these patterns comes back unchanged.
+    """
+    from collections import defaultdict
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = _copy(model, onnx)
+    inits = {i.name: i for i in m.graph.initializer}
+
+    def const(name: str) -> Any:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+
+    producer = {o: n for n in m.graph.node for o in n.output}
+    users: dict[str, list[Any]] = defaultdict(list)
+    for n in m.graph.node:
+        for i in n.input:
+            users[i].append(n)
+    replace: dict[int, Any] = {}  # id(node) -> its float replacement (None: drop)
+    weights = []
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and all(i in inits for i in n.input if i):
+            zero = const(n.input[2]) if len(n.input) > 2 and n.input[2] else 0.0
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            q, scale = const(n.input[0]), const(n.input[1])
+            shape = [1] * q.ndim
+            if scale.ndim:
+                shape[axis] = -1
+            weights.append(
+                numpy_helper.from_array((q - np.reshape(zero, shape)) * scale.reshape(shape), n.output[0])
+            )
+            replace[id(n)] = None
+            continue
+        if n.op_type != "MatMulInteger" or n.input[1] not in inits:
+            continue
+        dql = producer.get(n.input[0])
+        if dql is None or dql.op_type != "DynamicQuantizeLinear" or len(users[n.output[0]]) != 1:
+            continue
+        cast = users[n.output[0]][0]
+        if cast.op_type != "Cast" or len(users[cast.output[0]]) != 1:
+            continue
+        mul = users[cast.output[0]][0]
+        scales = producer.get(next((i for i in mul.input if i != cast.output[0]), ""))
+        if mul.op_type != "Mul" or scales is None:
+            continue
+        w_scale = next((i for i in scales.input if i in inits), None)
+        if w_scale is None:
+            continue
+        q = const(n.input[1])
+        zero = const(n.input[3]) if len(n.input) > 3 and n.input[3] else 0.0
+        name = n.input[1] + "_dequantized"
+        weights.append(numpy_helper.from_array((q - zero) * const(w_scale), name))
+        replace[id(n)] = helper.make_node(
+            "MatMul", [dql.input[0], name], list(mul.output), name=n.name + "_float"
+        )
+        replace[id(cast)] = replace[id(mul)] = None
+        if len(users[scales.output[0]]) == 1:
+            replace[id(scales)] = None
+    if not replace:
+        return m
+    nodes = [replace.get(id(n), n) for n in m.graph.node]
+    kept = [n for n in nodes if n is not None]
+    used = {i for n in kept for i in n.input} | {o.name for o in m.graph.output}
+    kept = [n for n in kept if n.op_type != "DynamicQuantizeLinear" or any(o in used for o in n.output)]
+    used = {i for n in kept for i in n.input} | {o.name for o in m.graph.output}
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    keep_inits = [i for i in m.graph.initializer if i.name in used] + [w for w in weights if w.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep_inits)
+    return m
+
+
 def weight_only_int8(model: Any, nodes: list[str]) -> Any:
     """Store the constant weight of each named MatMul as int8 per output column (symmetric, scale =
     max|w| / 127) behind a DequantizeLinear: the activation stays fp32, the file shrinks 4x for them."""
