@@ -32,6 +32,20 @@ def timed(benchmark: Any, fn: Callable[..., Any], *args: Any, budget_s: float = 
     return float(benchmark.stats.stats.median)
 
 
+def latency(fn: Callable[[], Any], n: int = 200) -> tuple[float, float]:
+    """p50 and p99 milliseconds of n calls of fn, after 10 warm-up calls."""
+    import numpy as np  # here, not at the top: nothing may load before OMP_WAIT_POLICY is set
+
+    for _ in range(10):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS:
         return

@@ -30,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.conftest import latency
+
 REPORT: list[str] = []
 RESULT: dict[str, Any] = {}
 
@@ -90,17 +92,6 @@ def timed(fn: Any, repeat: int = 2) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
-
-
-def latency(fn: Any, n: int = 100) -> tuple[float, float]:
-    for _ in range(10):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
 
 
 def section(name: str, fn: Any, *args: Any) -> Any:
@@ -186,9 +177,9 @@ def check_embedder(dev: str, emb_dir: Path, hf_emb: Path, texts: list[str]) -> N
     lat = {}
     e32.batch_tokens = e16.batch_tokens = 4096
     for name, m in (("duorank fp32", e32), ("duorank fp16", e16)):
-        lat[name] = latency(lambda m=m: m.encode([QUERY], "query"))
+        lat[name] = latency(lambda m=m: m.encode([QUERY], "query"), 100)
     for peer, model in peers:
-        lat[peer] = latency(lambda model=model: model.encode([QUERY]))
+        lat[peer] = latency(lambda model=model: model.encode([QUERY]), 100)
     RESULT["query_latency_ms"] = lat
     say("\n| single query | p50 ms | p99 ms |\n|---|---|---|")
     for k, (p50, p99) in lat.items():

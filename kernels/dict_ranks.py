@@ -6,8 +6,8 @@ the dicts itself with the stable C API functions CPython exports (`PyDict_Next`,
 `PyFloat_AsDouble`, `PyObject_RichCompareBool`, linked by name as Numba links its own C-API calls), at
 about 10 ns a score, and ranks only the judged documents.
 
-Contract: the caller holds the GIL (the kernel is never nogil), passes `id()` of real `dict` objects (0 for
-an empty run) and keeps them alive; scores are numbers whose `__float__` runs no Python code that mutates
+Contract: the caller holds the GIL (the kernel is never nogil), passes `id()` of real `dict` objects and keeps
+them alive; scores are numbers whose `__float__` runs no Python code that mutates
 the run (float, int, numpy scalars), keys compare without mutating it (str). No validation beyond that:
 a score that is not a number, a bool, a non-finite score or keys that do not compare stop the kernel with
 a negative status and the caller finds and names the bad value.
@@ -53,25 +53,24 @@ def judged_ranks(runs, qrels, bools, ranks, n_ret, scores, keys):  # type: ignor
     for q in range(runs.shape[0]):
         n = 0
         st[0] = 0
-        if runs[q] != 0:
-            while _dict_next(runs[q], pos, pos + w, pos + 2 * w):
-                v = st[2]
-                s = _as_double(v)
-                if s == -1.0 and _err_occurred() != 0:
-                    _err_clear()
-                    n_ret[0] = q
-                    return BAD_SCORE
-                if not np.isfinite(s) or v == bools[0] or v == bools[1] or v == bools[2] or v == bools[3]:
-                    n_ret[0] = q
-                    return BAD_SCORE
-                scores[n] = s
-                keys[n] = st[1]
-                n += 1
+        while _dict_next(runs[q], pos, pos + w, pos + 2 * w):
+            v = st[2]
+            s = _as_double(v)
+            if s == -1.0 and _err_occurred() != 0:
+                _err_clear()
+                n_ret[0] = q
+                return BAD_SCORE
+            if not np.isfinite(s) or v == bools[0] or v == bools[1] or v == bools[2] or v == bools[3]:
+                n_ret[0] = q
+                return BAD_SCORE
+            scores[n] = s
+            keys[n] = st[1]
+            n += 1
         n_ret[q] = n
         st[0] = 0
         while _dict_next(qrels[q], pos, pos + w, pos + 2 * w):
             doc = st[1]
-            v = _dict_get(runs[q], doc) if runs[q] != 0 else 0
+            v = _dict_get(runs[q], doc)
             if v == 0:
                 ranks[j] = -1
             else:
