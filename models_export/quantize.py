@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from duorank.models import INT8_ACTIVATIONS
+
 log = logging.getLogger("duorank.models_export")
 
 
@@ -45,62 +47,171 @@ def _copy(model: Any, onnx: Any) -> Any:
     return out
 
 
-def down_projections(model: Any) -> list[str]:
-    """MatMul nodes whose constant weight shrinks the width (FFN output: intermediate -> hidden)."""
-    from onnx import numpy_helper
+INT8_RECIPE = {"weights": "int8 per output column, 7-bit range", "activations": INT8_ACTIVATIONS}
+"""What `to_int8` records in a manifest's int8 variant; a folder without it has the older per-tensor recipe
+(run one text per call)."""
 
-    shapes = {
-        i.name: tuple(numpy_helper.to_array(i).shape) for i in model.graph.initializer if len(i.dims) == 2
-    }
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "MatMul" and n.input[1] in shapes and shapes[n.input[1]][0] > shapes[n.input[1]][1]
-    ]
+_W_RANGE = (
+    63.0  # 7-bit weights: AVX2's u8 x s8 multiply-add (vpmaddubsw) cannot saturate, so every CPU agrees
+)
 
 
 def to_int8(model: Any, facts: dict[str, Any]) -> Any:
-    """Dynamic int8: weights per output channel, activations per tensor at run time (MatMulInteger), with
-    the FFN down-projections int8 in their weights only.
+    """Dynamic int8 with one activation scale per token: every MatMul with a constant 2-D weight becomes
+    an integer GEMM (`MatMulIntegerToFloat`) on int8 weights and uint8 activations.
 
-    Recipe chosen by a sensitivity scan on all-MiniLM-L6-v2 (README, "int8"): every constant-weight MatMul
-    is quantised dynamically except the FFN down-projections, whose GELU inputs are heavy-tailed and lose
-    the most when the activation is quantised; those keep fp32 activations and store int8 per-channel
-    weights that a DequantizeLinear expands at run time (the file stays int8-sized: 23 MB for MiniLM-L6,
-    not 34 MB with fp32 down-projections). Activation x activation MatMuls (attention scores) stay fp32.
-    Plain per-tensor int8 of every MatMul measured mean cosine 0.94 against fp32; this recipe keeps it
-    above 0.99 on the edge set.
+    - Weights: symmetric, one scale per output column, in [-63, 63]. On AVX2 without VNNI onnxruntime
+      multiplies u8 x s8 pairs with a saturating 16-bit add; the 7-bit range keeps every sum exact, so
+      results are the same on every CPU.
+    - Activations: each row (token) x gets its own scale amax(|x|) / 127, quantised at run time to
+      uint8 around 128; the GEMM's float output is multiplied back by amax. One scale per token makes a
+      text's result independent of its batch and its padding (the integer GEMM is exact), so int8 runs
+      batched like fp32. Per-tensor scales (onnxruntime's `quantize_dynamic`) made results depend on the
+      neighbours and cost quality on MiniLM's heavy-tailed FFN activations.
+    - Embedding tables (constant 2-D `Gather` data): int8 rows, one scale per row.
+    - Activation x activation MatMuls (attention) and everything else stay fp32.
+
+    all-MiniLM-L6-v2, against its fp32 graph (README "int8"): edge-set mean cosine 0.992 (the per-tensor
+    recipe: 0.990), SciFact abstracts mean 0.996.
     """
-    import tempfile
-    from pathlib import Path
-
+    import numpy as np
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnx import helper, numpy_helper
 
-    excluded = down_projections(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, str(src))
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_exclude=excluded,
-            extra_options={"MatMulConstBOnly": True},
-        )
-        return weight_only_int8(onnx.load(str(dst)), excluded)
+    m = _copy(model, onnx)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 17)
+    consts: dict[str, Any] = {
+        "int8/eps": np.array(1e-12, np.float32),
+        "int8/127": np.array(127.0, np.float32),
+        "int8/one": np.array(1.0, np.float32),
+        "int8/zero_point": np.array(128, np.uint8),
+    }
+    if opset >= 18:
+        consts["int8/axes"] = np.array([-1], np.int64)
+    added = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    quantized: dict[str, tuple[str, str]] = {}  # activation -> (uint8 codes, per-token amax)
+    weights: dict[str, tuple[str, str]] = {}  # float weight -> (int8 codes, column scales)
+    nodes = []
+    for n in g.node:
+        table = inits.get(n.input[0]) if n.op_type == "Gather" else None
+        if (
+            table is not None
+            and len(table.dims) == 2
+            and not any(a.name == "axis" and a.i for a in n.attribute)
+        ):
+            # embedding tables: int8 rows, one scale per row, looked up beside the codes
+            e = numpy_helper.to_array(table).astype(np.float32)
+            scale = np.abs(e).max(axis=1, keepdims=True) / 127.0
+            scale[scale == 0] = 1.0
+            name, out = n.input[0], n.output[0]
+            added += [
+                numpy_helper.from_array(np.rint(e / scale).astype(np.int8), name + "/int8"),
+                numpy_helper.from_array(scale.astype(np.float32), name + "/int8_scale"),
+            ]
+            nodes += [
+                helper.make_node("Gather", [name + "/int8", n.input[1]], [out + "/int8_rows"]),
+                helper.make_node("Gather", [name + "/int8_scale", n.input[1]], [out + "/int8_row_scales"]),
+                helper.make_node(
+                    "Cast", [out + "/int8_rows"], [out + "/float_rows"], to=onnx.TensorProto.FLOAT
+                ),
+                helper.make_node("Mul", [out + "/float_rows", out + "/int8_row_scales"], [out]),
+            ]
+            continue
+        w_init = inits.get(n.input[1]) if n.op_type == "MatMul" else None
+        if w_init is None or len(w_init.dims) != 2:
+            nodes.append(n)
+            continue
+        x, base = n.input[0], n.input[1]
+        if base not in weights:
+            w = numpy_helper.to_array(w_init).astype(np.float32)
+            scale = np.abs(w).max(axis=0) / _W_RANGE
+            scale[scale == 0] = 1.0
+            codes = np.clip(np.rint(w / scale), -_W_RANGE, _W_RANGE).astype(np.int8)
+            weights[base] = (base + "/int8", base + "/int8_scale")
+            # the GEMM's output is multiplied by amax afterwards: the activation scale's 1/127 lives here
+            added += [
+                numpy_helper.from_array(codes, weights[base][0]),
+                numpy_helper.from_array((scale / 127.0).astype(np.float32), weights[base][1]),
+            ]
+        if x not in quantized:
+            p = x + "/per_token"
+            reduce = (
+                helper.make_node("ReduceMax", [p + "_abs", "int8/axes"], [p + "_amax"], keepdims=1)
+                if opset >= 18
+                else helper.make_node("ReduceMax", [p + "_abs"], [p + "_amax"], keepdims=1, axes=[-1])
+            )
+            nodes += [
+                helper.make_node("Abs", [x], [p + "_abs"]),
+                reduce,
+                helper.make_node("Max", [p + "_amax", "int8/eps"], [p + "_scale"]),
+                helper.make_node("Div", ["int8/127", p + "_scale"], [p + "_inverse"]),
+                helper.make_node("Mul", [x, p + "_inverse"], [p + "_scaled"]),
+                helper.make_node(
+                    "QuantizeLinear", [p + "_scaled", "int8/one", "int8/zero_point"], [p + "_u8"]
+                ),
+            ]
+            quantized[x] = (p + "_u8", p + "_scale")
+        codes_u8, amax = quantized[x]
+        out = n.output[0]
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [codes_u8, weights[base][0], "int8/one", weights[base][1], "int8/zero_point"],
+                [out + "/int8_gemm"],
+                name=(n.name or out) + "/int8",
+                domain="com.microsoft",
+            ),
+            helper.make_node(
+                "Mul", [out + "/int8_gemm", amax], [out], name=(n.name or out) + "/int8_rescale"
+            ),
+        ]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    kept = [i for i in g.initializer if i.name in used] + [i for i in added if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
+def _per_token_matmul(n: Any, inits: dict[str, Any], producer: dict[str, Any], users: Any) -> Any:
+    """(float input, fp32 weight, rescale Mul) of one per-token int8 MatMul made by `to_int8`, else None."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    def const(name: str) -> Any:
+        return numpy_helper.to_array(inits[name]).astype(np.float64) if name in inits else None
+
+    quant = producer.get(n.input[0])
+    scaled = producer.get(quant.input[0]) if quant is not None and quant.op_type == "QuantizeLinear" else None
+    if scaled is None or scaled.op_type != "Mul" or len(users[n.output[0]]) != 1:
+        return None
+    inverse = producer.get(scaled.input[1])
+    rescale = users[n.output[0]][0]
+    if inverse is None or inverse.op_type != "Div" or rescale.op_type != "Mul":
+        return None
+    numerator, a_scale, b_scale = const(inverse.input[0]), const(n.input[2]), const(n.input[3])
+    b_zero = const(n.input[5]) if len(n.input) > 5 and n.input[5] else 0.0
+    if numerator is None or a_scale is None or b_scale is None or b_zero is None:
+        return None
+    weight = (const(n.input[1]) - b_zero) * b_scale * a_scale * numerator
+    return scaled.input[0], weight.astype(np.float32), rescale
 
 
 def dequantize_weights(model: Any) -> Any:
     """The int8 graph of `to_int8` with its constant weights expanded back to fp32, activations float.
 
-    Each MatMulInteger fed by a DynamicQuantizeLinear and a constant int8 weight (with its Cast and scale
-    Mul) becomes one float MatMul on (Wq - Wzp) * Wscale, per column; each DequantizeLinear of constants
-    becomes a constant. The weights keep their int8 rounding, the activations are no longer quantised:
-    for GPUs, where onnxruntime runs dynamic quantisation on the CPU, one text per call (65x slower than
-    fp16 on an H200). Embedding lookups stay int8 (a Gather, then a DequantizeLinear of its rows: cheap and
-    GPU-native). A graph without these patterns comes back unchanged.
+    Each per-token int8 MatMul (`MatMulIntegerToFloat` and its rescale) becomes one float MatMul; so does
+    each MatMulInteger of the older per-tensor recipe fed by a DynamicQuantizeLinear and a constant int8
+    weight (with its Cast and scale Mul), on (Wq - Wzp) * Wscale per column; each DequantizeLinear of
+    constants becomes a constant. The weights keep their int8 rounding, the activations are no longer
+    quantised: for GPUs, where onnxruntime runs dynamic quantisation on the CPU (the per-tensor recipe, one
+    text per call, was 65x slower than fp16 on an H200). Embedding lookups stay int8 (a Gather, then a
+    dequantisation of its rows: cheap and GPU-native). A graph without these patterns comes back unchanged.
     """
     from collections import defaultdict
 
@@ -134,6 +245,17 @@ def dequantize_weights(model: Any) -> Any:
             )
             replace[id(n)] = None
             continue
+        if n.op_type == "MatMulIntegerToFloat" and n.input[1] in inits:
+            per_token = _per_token_matmul(n, inits, producer, users)
+            if per_token is not None:
+                x, weight, rescale = per_token
+                name = n.input[1] + "_dequantized"
+                weights.append(numpy_helper.from_array(weight, name))
+                replace[id(n)] = helper.make_node(
+                    "MatMul", [x, name], list(rescale.output), name=n.name + "_float"
+                )
+                replace[id(rescale)] = None
+            continue
         if n.op_type != "MatMulInteger" or n.input[1] not in inits:
             continue
         dql = producer.get(n.input[0])
@@ -163,51 +285,18 @@ def dequantize_weights(model: Any) -> Any:
         return m
     nodes = [replace.get(id(n), n) for n in m.graph.node]
     kept = [n for n in nodes if n is not None]
-    used = {i for n in kept for i in n.input} | {o.name for o in m.graph.output}
-    kept = [n for n in kept if n.op_type != "DynamicQuantizeLinear" or any(o in used for o in n.output)]
-    used = {i for n in kept for i in n.input} | {o.name for o in m.graph.output}
+    while True:  # drop what fed only the removed quantisation (activation scales, DynamicQuantizeLinear)
+        used = {i for n in kept for i in n.input} | {o.name for o in m.graph.output}
+        live = [n for n in kept if any(o in used for o in n.output)]
+        if len(live) == len(kept):
+            break
+        kept = live
     del m.graph.node[:]
     m.graph.node.extend(kept)
     keep_inits = [i for i in m.graph.initializer if i.name in used] + [w for w in weights if w.name in used]
     del m.graph.initializer[:]
     m.graph.initializer.extend(keep_inits)
     return m
-
-
-def weight_only_int8(model: Any, nodes: list[str]) -> Any:
-    """Store the constant weight of each named MatMul as int8 per output column (symmetric, scale =
-    max|w| / 127) behind a DequantizeLinear: the activation stays fp32, the file shrinks 4x for them."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    wanted = set(nodes)
-    for pos, node in reversed(list(enumerate(model.graph.node))):
-        if node.name not in wanted or node.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        scale = np.abs(w).max(axis=0) / 127.0
-        scale[scale == 0] = 1.0
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        base = node.input[1]
-        model.graph.initializer.remove(inits[base])
-        model.graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, base + "_wq"),
-                numpy_helper.from_array(scale.astype(np.float32), base + "_wscale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), base + "_wzero"),
-            ]
-        )
-        deq = helper.make_node(
-            "DequantizeLinear",
-            [base + "_wq", base + "_wscale", base + "_wzero"],
-            [base + "_dequantized"],
-            name=node.name + "_weight_dequantize",
-            axis=1,
-        )
-        node.input[1] = base + "_dequantized"
-        model.graph.node.insert(pos, deq)
-    return model
 
 
 def retrieval_check(
