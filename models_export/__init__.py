@@ -138,7 +138,8 @@ def export(
             )
         from .quantize import to_int8
 
-        if not gate("int8", to_int8(models["fp32"], facts)):
+        # from the unfused graph: the optimizer's fused Attention would keep its Q/K/V weights in fp32
+        if not gate("int8", to_int8(model, facts)):
             raise parity.ParityError(f"int8 variant of {source} fails the cosine gate")
 
     manifest: dict[str, Any] = {

@@ -167,6 +167,9 @@ def to_int8(model: Any, facts: dict[str, Any]) -> Any:
                 "Mul", [out + "/int8_gemm", amax], [out], name=(n.name or out) + "/int8_rescale"
             ),
         ]
+    fused = sum(n.op_type == "Attention" for n in nodes)
+    if fused:
+        log.warning("%d fused Attention nodes keep Q/K/V weights in fp32; quantise the unfused graph", fused)
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in nodes for i in n.input}
