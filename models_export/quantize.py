@@ -51,9 +51,8 @@ INT8_RECIPE = {"weights": "int8 per output column, 7-bit range", "activations": 
 """What `to_int8` records in a manifest's int8 variant; a folder without it has the older per-tensor recipe
 (run one text per call)."""
 
-_W_RANGE = (
-    63.0  # 7-bit weights: AVX2's u8 x s8 multiply-add (vpmaddubsw) cannot saturate, so every CPU agrees
-)
+# 7-bit weights: AVX2's u8 x s8 multiply-add (vpmaddubsw) cannot saturate, so every CPU gives one result
+_W_RANGE = 63.0
 
 
 def to_int8(model: Any, facts: dict[str, Any]) -> Any:
