@@ -286,7 +286,7 @@ class _Model:
         # int8 folders of the older recipe quantise activations with one scale per tensor, i.e. per batch: a
         # text's result would depend on its neighbours and their padding (reranker scores moved by up to 0.06
         # here), so they run one text per call. Per-token int8 (`INT8_ACTIVATIONS`) is batch-independent.
-        recipe = manifest["variants"].get(variant, {}).get("activations") if variant == "int8" else None
+        recipe = manifest["variants"].get(variant, {}).get("activations")
         self.per_tensor_int8 = variant == "int8" and not self.dequantized and recipe != INT8_ACTIVATIONS
         self.session = _session(folder / VARIANTS[variant], device, threads, dequantize=self.dequantized)
         self._inputs = [i.name for i in self.session.get_inputs()]
