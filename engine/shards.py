@@ -27,12 +27,14 @@ def search_shards(
     *,
     allowed: ArrayLike | None = None,
     where: Mapping[str, Any] | None = None,
+    strategy: str = "auto",
 ) -> Any:
     """The k best (id, score) per query over every shard; ties go to the smaller id, as in one index.
 
     Shards are indexes holding disjoint ids (returns Hits; an id returned by two shards is a ValueError,
     since merging would double-count it), or collections (returns Found, filtered by `where`, with ids
-    numbered shard * SHARD_STRIDE + the shard's internal id, and each document's external id and text).
+    numbered shard * SHARD_STRIDE + the shard's internal id, and each document's external id and text;
+    `strategy` goes to each Collection.search, so "exact" makes the merge equal one exact search).
     """
     from .collection import Collection
 
@@ -42,9 +44,11 @@ def search_shards(
     if all(isinstance(s, Collection) for s in shards):
         if allowed is not None:
             raise ValueError("collections filter with where=..., not allowed= (internal ids are per shard)")
-        return _search_collections(shards, queries, k, where)
+        return _search_collections(shards, queries, k, where, strategy)
     if any(isinstance(s, Collection) for s in shards) or where is not None:
         raise ValueError("shards are all collections (where= filters) or all indexes (allowed= filters)")
+    if strategy != "auto":
+        raise ValueError(f"strategy={strategy!r} applies to collections; indexes search as they are built")
     K = importlib.import_module("duorank.kernels")
     if allowed is None:
         results = [s.search(queries, k) for s in shards]
@@ -69,11 +73,13 @@ def search_shards(
     return Hits(ids, scores)
 
 
-def _search_collections(shards: Sequence[Any], queries: ArrayLike, k: int, where: Any) -> Any:
+def _search_collections(
+    shards: Sequence[Any], queries: ArrayLike, k: int, where: Any, strategy: str
+) -> Any:
     from .collection import Found
 
     K = importlib.import_module("duorank.kernels")
-    results = [c.search(queries, k, where=where) for c in shards]
+    results = [c.search(queries, k, where=where, strategy=strategy) for c in shards]
     n = results[0].ids.shape[0]
     ids = np.empty((n, k), dtype=np.int64)
     scores = np.empty((n, k), dtype=np.float32)
