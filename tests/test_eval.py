@@ -242,6 +242,16 @@ def test_classification_equals_scikit_learn():
     assert got["accuracy"] == pytest.approx(100 * float(np.mean(pred == np.array(y[60:]))))
     few = tasks.classification(x[:60], y[:60], x[60:], y[60:], samples_per_label=3, experiments=4)
     assert 0 <= few["accuracy"] <= 100 and 0 <= few["macro_f1"] <= 100
+    picks = tasks.training_samples(y[:60], 3, experiments=4)
+    assert len(picks) == 4 and all(len(set(p.tolist())) == 6 for p in picks)  # 3 of each of the 2 labels
+    assert all(sorted(np.array(y)[p].tolist()) == ["False"] * 3 + ["True"] * 3 for p in picks)
+    assert [p.tolist() for p in picks] == [p.tolist() for p in tasks.training_samples(y[:60], 3, experiments=4)]
+    # only the rows an experiment fits on are read: the others may be anything (run.classification leaves
+    # them unembedded, at zero)
+    used = np.unique(np.concatenate(picks))
+    sparse = np.zeros_like(x[:60])
+    sparse[used] = x[used]
+    assert tasks.classification(sparse, y[:60], x[60:], y[60:], samples_per_label=3, experiments=4) == few
 
 
 # ---- the runner ----------------------------------------------------------------------------------

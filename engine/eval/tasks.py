@@ -79,6 +79,27 @@ def clustering(
     return {m: 100 * float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
 
+def training_samples(
+    labels: Sequence[Any], samples_per_label: int | None = 8, *, experiments: int = 10, seed: int = 42
+) -> list[NDArray[np.int64]]:
+    """The train rows each classification experiment fits on: per experiment, the first
+    `samples_per_label` rows of each label in a seeded random order (None: one experiment, every row)."""
+    y = np.asarray(list(labels))
+    if samples_per_label is None:
+        return [np.arange(len(y), dtype=np.int64)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(experiments):
+        seen: dict[Any, int] = {}
+        keep = []
+        for i in rng.permutation(len(y)):
+            if seen.get(y[i], 0) < samples_per_label:
+                seen[y[i]] = seen.get(y[i], 0) + 1
+                keep.append(i)
+        out.append(np.array(keep, dtype=np.int64))
+    return out
+
+
 def classification(
     train: ArrayLike,
     train_labels: Sequence[Any],
@@ -101,20 +122,8 @@ def classification(
     y, yt = np.asarray(list(train_labels)), np.asarray(list(test_labels))
     if len(y) != x.shape[0] or len(yt) != t.shape[0]:
         raise ValueError("one label per train and per test vector")
-    rng = np.random.default_rng(seed)
     rows = []
-    for _ in range(1 if samples_per_label is None else experiments):
-        if samples_per_label is None:
-            pick = np.arange(len(y))
-        else:
-            order = rng.permutation(len(y))
-            seen: dict[Any, int] = {}
-            keep = []
-            for i in order:
-                if seen.get(y[i], 0) < samples_per_label:
-                    seen[y[i]] = seen.get(y[i], 0) + 1
-                    keep.append(i)
-            pick = np.array(keep)
+    for pick in training_samples(y, samples_per_label, experiments=experiments, seed=seed):
         clf = linear.LogisticRegression(max_iter=100, random_state=seed)
         clf.fit(x[pick], y[pick])
         pred = clf.predict(t)
