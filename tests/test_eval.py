@@ -245,7 +245,8 @@ def test_classification_equals_scikit_learn():
     picks = tasks.training_samples(y[:60], 3, experiments=4)
     assert len(picks) == 4 and all(len(set(p.tolist())) == 6 for p in picks)  # 3 of each of the 2 labels
     assert all(sorted(np.array(y)[p].tolist()) == ["False"] * 3 + ["True"] * 3 for p in picks)
-    assert [p.tolist() for p in picks] == [p.tolist() for p in tasks.training_samples(y[:60], 3, experiments=4)]
+    again = tasks.training_samples(y[:60], 3, experiments=4)
+    assert [p.tolist() for p in picks] == [p.tolist() for p in again]
     # only the rows an experiment fits on are read: the others may be anything (run.classification leaves
     # them unembedded, at zero)
     used = np.unique(np.concatenate(picks))
