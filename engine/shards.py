@@ -73,9 +73,7 @@ def search_shards(
     return Hits(ids, scores)
 
 
-def _search_collections(
-    shards: Sequence[Any], queries: ArrayLike, k: int, where: Any, strategy: str
-) -> Any:
+def _search_collections(shards: Sequence[Any], queries: ArrayLike, k: int, where: Any, strategy: str) -> Any:
     from .collection import Found
 
     K = importlib.import_module("duorank.kernels")
