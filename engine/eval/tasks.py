@@ -80,7 +80,11 @@ def clustering(
 
 
 def training_samples(
-    labels: Sequence[Any], samples_per_label: int | None = 8, *, experiments: int = 10, seed: int = 42
+    labels: Sequence[Any] | NDArray[Any],
+    samples_per_label: int | None = 8,
+    *,
+    experiments: int = 10,
+    seed: int = 42,
 ) -> list[NDArray[np.int64]]:
     """The train rows each classification experiment fits on: per experiment, the first
     `samples_per_label` rows of each label in a seeded random order (None: one experiment, every row)."""
