@@ -1,0 +1,125 @@
+"""How fast can a model folder's graph go on this CPU? Its weight GEMMs alone, beside the whole graph.
+
+Every MatMul (fp32) or MatMulIntegerToFloat (per-token int8) with a constant weight is copied into a
+graph that holds nothing else, fed activations of the right width for one query of --tokens tokens, and
+timed in onnxruntime with one intra-op thread, passive waiting, as the runtime uses it. The whole graph
+is timed the same way. No graph can run faster than its GEMMs, so the first column is a floor for the
+single-query latency that `Embedder.encode([query], "query")` can reach on this machine with this model.
+
+    python bench/gemm_floor.py FOLDER [--variant fp32|int8] [--tokens 14] [--runs 300]
+
+FOLDER: a duorank model folder (default: the default embedder). Prints a table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _session(model: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def gemms_only(path: Path) -> tuple[Any, dict[str, tuple[int, str]], float, int]:
+    """(graph of the weight GEMMs alone, its inputs -> (width, dtype), GFLOP per token, weight bytes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    consts = {t.name: t for t in model.graph.initializer}
+    nodes, inputs, outputs, keep, flop, size = [], {}, [], [], 0.0, 0
+    for n in model.graph.node:
+        integer = n.op_type == "MatMulIntegerToFloat"
+        if not (n.op_type == "MatMul" or integer) or n.input[1] not in consts:
+            continue
+        w = numpy_helper.to_array(consts[n.input[1]])
+        if w.ndim != 2:
+            continue
+        k, m = w.shape
+        flop += 2.0 * k * m / 1e9
+        size += w.nbytes
+        name = f"x{k}_{'u8' if integer else 'f32'}"
+        inputs[name] = (k, "uint8" if integer else "float32")
+        out = f"y{len(nodes)}"
+        ins = [name, *n.input[1:]]
+        keep += [i for i in n.input[1:] if i in consts]
+        nodes.append(helper.make_node(n.op_type, ins, [out], domain=n.domain))
+        outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    dtype = {"uint8": TensorProto.UINT8, "float32": TensorProto.FLOAT}
+    graph = helper.make_graph(
+        nodes,
+        "gemms",
+        [helper.make_tensor_value_info(i, dtype[d], [None, k]) for i, (k, d) in inputs.items()],
+        outputs,
+        [consts[i] for i in dict.fromkeys(keep)],
+    )
+    opsets = [helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version), inputs, flop, size
+
+
+def _p50(fn: Callable[[], Any], runs: int) -> float:
+    for _ in range(20):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from duorank.models import VARIANTS, Embedder, resolve
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", nargs="?", default="default")
+    p.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
+    p.add_argument("--tokens", type=int, default=14, help="tokens of the query, special tokens included")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of both sessions")
+    p.add_argument("--runs", type=int, default=300)
+    a = p.parse_args(argv)
+    folder = resolve(a.folder, "embedder")
+    path = folder / VARIANTS[a.variant]
+    rng = np.random.default_rng(0)
+    graph, inputs, gflop, size = gemms_only(path)
+    feeds = {
+        i: (
+            rng.integers(0, 256, (a.tokens, k)) if d == "uint8" else rng.standard_normal((a.tokens, k))
+        ).astype(d)
+        for i, (k, d) in inputs.items()
+    }
+    gemm = _session(graph, a.threads)
+    gemm_ms = _p50(lambda: gemm.run(None, feeds), a.runs)
+    emb = Embedder.load(folder, variant=a.variant, threads=a.threads)
+    text = " ".join(["word"] * (a.tokens - 2))
+    assert len(emb.tokenizer.encode(text).ids) == a.tokens
+    run_ms = _p50(lambda: emb.encode([text], "query"), a.runs)
+    work = gflop * a.tokens
+    print(f"| {folder.name} {a.variant}, {a.tokens}-token query, {a.threads} thread(s) | p50 ms |")
+    print("|---|---|")
+    what = f"{len(graph.graph.node)}, {work:.2f} GFLOP, {size / 1e6:.1f} MB of weights"
+    print(f"| weight GEMMs alone: {what} | {gemm_ms:.2f} |")
+    print(f"| whole query: `Embedder.encode([query], 'query')` | {run_ms:.2f} |")
+    print(
+        f"\nGEMMs: {work / gemm_ms * 1e3:.0f} G(FL)OP/s, weights streamed at {size / gemm_ms / 1e6:.1f} GB/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
