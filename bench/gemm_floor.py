@@ -5,8 +5,10 @@ graph that holds nothing else, fed activations of the right width for one query 
 timed in onnxruntime with one intra-op thread, passive waiting, as the runtime uses it. The whole graph
 is timed the same way. No graph can run faster than its GEMMs, so the first column is a floor for the
 single-query latency that `Embedder.encode([query], "query")` can reach on this machine with this model.
+The three are timed in turns (interleaved rounds) because this shared machine's speed drifts by a
+quarter within minutes; each figure is the median over rounds of a round's p50.
 
-    python bench/gemm_floor.py FOLDER [--variant fp32|int8] [--tokens 14] [--runs 300]
+    python bench/gemm_floor.py [FOLDER] [--variant fp32|int8] [--tokens 14] [--threads 1] [--rounds 5]
 
 FOLDER: a duorank model folder (default: the default embedder). Prints a table to stdout.
 """
@@ -72,15 +74,21 @@ def gemms_only(path: Path) -> tuple[Any, dict[str, tuple[int, str]], float, int]
     return helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version), inputs, flop, size
 
 
-def _p50(fn: Callable[[], Any], runs: int) -> float:
-    for _ in range(20):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
+def rounds(fns: dict[str, Callable[[], Any]], n_rounds: int, calls: int) -> dict[str, float]:
+    """Median over rounds of each round's p50 ms; the functions take turns, so a noisy minute of this
+    shared machine hits them all alike."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(n_rounds):
+        for k, fn in fns.items():
+            for _ in range(10):
+                fn()
+            ts = []
+            for _ in range(calls):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            out[k].append(float(np.median(ts) * 1e3))
+    return {k: float(np.median(v)) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
     p.add_argument("--tokens", type=int, default=14, help="tokens of the query, special tokens included")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of both sessions")
-    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=100, help="calls per round (default: %(default)s)")
     a = p.parse_args(argv)
     folder = resolve(a.folder, "embedder")
     path = folder / VARIANTS[a.variant]
@@ -104,17 +113,33 @@ def main(argv: list[str] | None = None) -> int:
         for i, (k, d) in inputs.items()
     }
     gemm = _session(graph, a.threads)
-    gemm_ms = _p50(lambda: gemm.run(None, feeds), a.runs)
     emb = Embedder.load(folder, variant=a.variant, threads=a.threads)
     text = " ".join(["word"] * (a.tokens - 2))
-    assert len(emb.tokenizer.encode(text).ids) == a.tokens
-    run_ms = _p50(lambda: emb.encode([text], "query"), a.runs)
+    enc = emb.tokenizer.encode(text)
+    assert len(enc.ids) == a.tokens
+    every = {
+        "input_ids": np.array([enc.ids], dtype=np.int64),
+        "attention_mask": np.ones((1, a.tokens), dtype=np.int64),
+        "token_type_ids": np.zeros((1, a.tokens), dtype=np.int64),
+    }
+    graph_feeds = {k: v for k, v in every.items() if k in emb._inputs}
+    ms = rounds(
+        {
+            "gemms": lambda: gemm.run(None, feeds),
+            "graph": lambda: emb.session.run(None, graph_feeds),
+            "encode": lambda: emb.encode([text], "query"),
+        },
+        a.rounds,
+        a.runs,
+    )
+    gemm_ms = ms["gemms"]
     work = gflop * a.tokens
     print(f"| {folder.name} {a.variant}, {a.tokens}-token query, {a.threads} thread(s) | p50 ms |")
     print("|---|---|")
     what = f"{len(graph.graph.node)}, {work:.2f} GFLOP, {size / 1e6:.1f} MB of weights"
     print(f"| weight GEMMs alone: {what} | {gemm_ms:.2f} |")
-    print(f"| whole query: `Embedder.encode([query], 'query')` | {run_ms:.2f} |")
+    print(f"| the whole graph (`session.run`) | {ms['graph']:.2f} |")
+    print(f"| `Embedder.encode([query], 'query')` (tokenise, run, pool, normalise) | {ms['encode']:.2f} |")
     print(
         f"\nGEMMs: {work / gemm_ms * 1e3:.0f} G(FL)OP/s, weights streamed at {size / gemm_ms / 1e6:.1f} GB/s"
     )
