@@ -168,6 +168,7 @@ def export(
     files["tokenizer.json"] = tokenizer.to_str(pretty=False).encode("utf-8")
     if int8 and int8_check is not None:
         # The retrieval half of the int8 gate runs on the finished folder, before it replaces anything.
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=Path(out).expanduser().parent) as tmp:
             trial = write_model_folder(Path(tmp) / "trial", files, manifest)
             check = int8_check(trial)

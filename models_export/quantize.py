@@ -366,3 +366,30 @@ def retrieval_check(
         }
 
     return check
+
+
+def graph_digest(path: Any) -> str:
+    """sha256 of an ONNX file's graph (nodes and weights), leaving out the file's producer fields."""
+    import hashlib
+
+    import onnx
+
+    return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString()).hexdigest()
+
+
+def recorded_check(digest: str, recorded: dict[str, Any]) -> Any:
+    """The int8 gate without its data: passes when the folder's int8 graph is byte for byte the graph that
+    passed `retrieval_check` when `recorded` was measured (its figures are returned with the digest).
+
+    `to_int8` is deterministic, so a built-in model quantised on a user's machine gives that very graph;
+    any other graph (other weights, another recipe or onnx serialisation) does not pass and needs the
+    measured gate. Returns a callable(folder) -> dict for `export(int8_check=...)`.
+    """
+
+    def check(folder: Any) -> dict[str, Any]:
+        from pathlib import Path
+
+        got = graph_digest(Path(folder) / "model.int8.onnx")
+        return {**recorded, "graph_sha256": got, "passed": got == digest and bool(recorded.get("passed"))}
+
+    return check

@@ -232,11 +232,12 @@ def test_bad_texts(default_embedder):
         default_embedder.encode(["a"], "passage")
 
 
-def test_bad_options(default_embedder):
+def test_bad_options(default_embedder, tmp_path):
     with pytest.raises(ValueError, match="variant 'int4'"):
         Embedder.load("default", variant="int4")
-    with pytest.raises(ModelError, match=r"has no int8 variant; it has \['fp32', 'fp16'\]"):
-        Embedder.load("default", variant="int8")
+    plain = export(tiny_bert_folder(tmp_path / "hf", kind="embedder"), tmp_path / "plain", backend="numpy")
+    with pytest.raises(ModelError, match=r"has no int8 variant; it has \['fp32'\] \(export with --int8\)"):
+        Embedder.load(plain, variant="int8")
     with pytest.raises(ValueError, match="device 'tpu'"):
         Embedder.load("default", device="tpu")
     with pytest.raises(ValueError, match="batch_tokens 0"):
@@ -408,7 +409,11 @@ def test_cli_models_export_and_list(tmp_path, capsys, caplog, default_embedder):
     assert main(["models", "list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     default = next(r for r in rows if r["name"] == "default")
-    assert default["kind"] == "embedder" and default["dim"] == 384 and default["variants"] == ["fp16", "fp32"]
+    assert (
+        default["kind"] == "embedder"
+        and default["dim"] == 384
+        and default["variants"] == ["fp16", "fp32", "int8"]
+    )
     with pytest.raises(SystemExit) as e:
         main(["models", "export", str(src), str(tmp_path / "o2"), "--int8"])
     assert e.value.code == 2 and "--int8 needs --data" in capsys.readouterr().err

@@ -13,7 +13,14 @@ pytest.importorskip("onnx", reason="the [models] extra is not installed")
 
 from duorank.models import INT8_ACTIVATIONS, Embedder, read_manifest
 from duorank.models_export import add_int8, parity
-from duorank.models_export.quantize import INT8_RECIPE, dequantize_weights, retrieval_check
+from duorank.models_export.builtin import BUILTIN
+from duorank.models_export.quantize import (
+    INT8_RECIPE,
+    dequantize_weights,
+    graph_digest,
+    recorded_check,
+    retrieval_check,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,31 @@ def test_gate_passes_and_the_recipe_is_recorded(int8_folder):
     assert (int8_folder / "model.int8.onnx").stat().st_size < 0.3 * (
         int8_folder / "model.onnx"
     ).stat().st_size
+
+
+def test_the_default_carries_the_gated_int8_graph(default_embedder, int8_folder, abstracts):
+    """`default` is quantised when it is built. Its int8 graph is byte for byte the one that passed the
+    gate on the full SciFact test set (digest and figures recorded in builtin.py) and the one that passes
+    it on the slice above, so the folder records the full-set figures without the data."""
+    spec = BUILTIN["default"]["int8"]
+    v = default_embedder.manifest["variants"]["int8"]
+    assert v["activations"] == INT8_ACTIVATIONS
+    assert v["retrieval"]["passed"] and v["retrieval"]["graph_sha256"] == spec["graph_sha256"]
+    assert v["retrieval"]["ndcg@10_int8"] == spec["gate"]["ndcg@10_int8"] == 64.08
+    built, gated = (graph_digest(f / "model.int8.onnx") for f in (default_embedder.folder, int8_folder))
+    assert built == gated == spec["graph_sha256"]
+    emb = Embedder.load("default", variant="int8")
+    assert not emb.per_tensor_int8  # batched like fp32
+    cos = (emb.encode(abstracts) * default_embedder.encode(abstracts)).sum(axis=1)
+    assert cos.mean() >= 0.99
+
+
+def test_recorded_check_passes_only_the_recorded_graph(int8_folder):
+    digest = graph_digest(int8_folder / "model.int8.onnx")
+    got = recorded_check(digest, {"ndcg@10_int8": 1.0, "passed": True})(int8_folder)
+    assert got == {"ndcg@10_int8": 1.0, "passed": True, "graph_sha256": digest}
+    assert not recorded_check("0" * 64, {"passed": True})(int8_folder)["passed"]
+    assert not recorded_check(digest, {"passed": False})(int8_folder)["passed"]
 
 
 def test_int8_vectors_stay_close_to_fp32_on_real_text(int8_folder, abstracts):
