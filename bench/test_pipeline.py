@@ -80,9 +80,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     coll = Collection.create(tmp / "c", dim=384, model=emb)
     coll.add(vectors, texts)
     engine = Engine(coll, emb, rr)
-    # int8 (per-token) embedder and cross-encoder: speed only, the default embedder's int8 gate is in the
-    # README; the cross-encoder has random weights
-    emb8 = Embedder.load(int8_for_speed(emb.folder, tmp / "emb-int8"), threads=THREADS)
+    # int8 (per-token): the default embedder's own gated variant; the cross-encoder's is for speed only
+    # (random weights)
+    emb8 = Embedder.load("default", variant="int8", threads=THREADS)
     rr8 = Reranker.load(int8_for_speed(rr.folder, tmp / "ce-int8"), threads=THREADS)
     engine8 = Engine(coll, emb8, rr8)
     flat = faiss.IndexFlatIP(384)

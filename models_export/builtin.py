@@ -9,6 +9,7 @@ builder (`bert_onnx`) writes the ONNX graph straight from the safetensors weight
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -81,16 +82,21 @@ def weights_folder(name: str) -> tuple[Path, str]:
 
 
 def ensure(name: str) -> Path:
-    """The cache folder of built-in model `name`, exported there first if it is not yet."""
+    """The cache folder of built-in model `name`, exported there first if it is not yet (and given its
+    gated int8 variant if a folder built by an older duorank lacks it)."""
     if name not in BUILTIN:
         raise ModelError(f"unknown built-in model {name!r}; known: {sorted(BUILTIN)}")
     spec = BUILTIN[name]
     out = models_dir() / spec["folder"]
+    int8 = spec.get("int8")
     if (out / MANIFEST).is_file():
+        if int8 and not (out / INT8_LEFT_OUT).is_file():
+            from duorank.models import read_manifest
+
+            if "int8" not in read_manifest(out, verify=False)["variants"]:
+                _add_int8(name, out, int8)
         return out
     from . import export
-    from .parity import ParityError
-    from .quantize import recorded_check
 
     source, requirement = weights_folder(name)
     log.warning("building model %r (%s) into %s, once (under a minute)", name, spec["model"], out)
@@ -101,26 +107,38 @@ def ensure(name: str) -> Path:
         "package": requirement,
         "weights_sha256": spec["weights_sha256"],
     }
-    # fp16 too: the variant a GPU picks by default (on a CPU it is no faster than fp32); int8 when the graph
-    # is the one that passed the retrieval gate (spec["int8"])
+    # fp16 too: the variant a GPU picks by default (on a CPU it is no faster than fp32)
     args = {"kind": spec["kind"], "backend": "numpy", "fp16": True, "name": name, "provenance": provenance}
-    int8 = spec.get("int8")
     try:
-        try:
-            check = recorded_check(int8["graph_sha256"], int8["gate"]) if int8 else None
-            export(source, out, **args, int8=check is not None, int8_check=check)
-        except ParityError as e:
-            if not int8:
-                raise
-            log.warning(
-                "int8 left out of %r: its graph is not the one whose gate is recorded (another onnx or "
-                "numpy?); `duorank models quantize FOLDER --data BEIR` measures it. %s",
-                name,
-                e,
-            )
-            export(source, out, **args)
+        export(source, out, **args)
     except OSError:
         if not (out / MANIFEST).is_file():  # another process won the race and finished: use its folder
             raise
+    if int8:
+        _add_int8(name, out, int8)
     log.info("built %s in %.1f s", out, time.perf_counter() - t0)
     return out
+
+
+INT8_LEFT_OUT = "int8-left-out.txt"
+
+
+def _add_int8(name: str, out: Path, int8: dict[str, Any]) -> None:
+    """Add the int8 variant when `to_int8` gives the graph whose gate is recorded (spec["int8"]); else note
+    in the folder why it was left out, so later loads do not quantise again."""
+    from . import add_int8
+    from .parity import ParityError
+    from .quantize import recorded_check
+
+    try:
+        add_int8(out, recorded_check(int8["graph_sha256"], int8["gate"]))
+    except ParityError as e:
+        why = (
+            f"int8 left out of {name!r}: its graph is not the one whose gate is recorded (another onnx or "
+            f"numpy?); `duorank models quantize {out} --data BEIR` measures it. {e}"
+        )
+        log.warning("%s", why)
+        (out / INT8_LEFT_OUT).write_text(why + "\n", encoding="utf-8")
+    except OSError:
+        if "int8" not in json.loads((out / MANIFEST).read_text(encoding="utf-8"))["variants"]:
+            raise  # not a concurrent process that added it first

@@ -72,7 +72,7 @@ def test_default_manifest_records_provenance_and_fixed_tokenizer(default_embedde
     tok = json.loads((default_embedder.folder / "tokenizer.json").read_text())
     # the shipped tokenizer truncates at 128 and pads to 128; the model folder must not
     assert tok["truncation"]["max_length"] == 256 and tok["padding"] is None
-    assert set(m["files"]) == {"model.onnx", "model.fp16.onnx", "tokenizer.json"}
+    assert set(m["files"]) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "tokenizer.json"}
     assert m["variants"]["fp16"]["parity"]["min_cosine"] >= parity.FP_MIN_COSINE
 
 

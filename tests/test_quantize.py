@@ -84,6 +84,36 @@ def test_the_default_carries_the_gated_int8_graph(default_embedder, int8_folder,
     assert cos.mean() >= 0.99
 
 
+def _default_without_int8(home, default_embedder):
+    """A copy of the default's folder as an older duorank built it (no int8 variant), under `home`."""
+    from duorank.models_export.folder import write_model_folder
+
+    src, m = default_embedder.folder, default_embedder.manifest
+    kept = {k: v for k, v in m["variants"].items() if k != "int8"}
+    files = {v["file"]: src / v["file"] for v in kept.values()} | {"tokenizer.json": src / "tokenizer.json"}
+    meta = {k: v for k, v in m.items() if k not in ("files", "format", "variants")}
+    return write_model_folder(home / "models" / src.name, files, {**meta, "variants": kept})
+
+
+def test_an_older_default_folder_gets_its_int8_once(default_embedder, tmp_path, monkeypatch, caplog):
+    from duorank.models_export.builtin import INT8_LEFT_OUT, ensure
+
+    monkeypatch.setenv("DUORANK_HOME", str(tmp_path / "old"))
+    folder = _default_without_int8(tmp_path / "old", default_embedder)
+    assert ensure("default") == folder and "int8" in read_manifest(folder)["variants"]
+    assert graph_digest(folder / "model.int8.onnx") == BUILTIN["default"]["int8"]["graph_sha256"]
+    # a machine whose onnx serialises another graph: int8 is left out, with a note, and not tried again
+    monkeypatch.setenv("DUORANK_HOME", str(tmp_path / "other"))
+    monkeypatch.setitem(BUILTIN["default"]["int8"], "graph_sha256", "0" * 64)
+    folder = _default_without_int8(tmp_path / "other", default_embedder)
+    assert ensure("default") == folder and "int8" not in read_manifest(folder)["variants"]
+    assert "int8 left out of 'default'" in caplog.text
+    assert "duorank models quantize" in (folder / INT8_LEFT_OUT).read_text()
+    caplog.clear()
+    ensure("default")
+    assert "int8 left out" not in caplog.text
+
+
 def test_recorded_check_passes_only_the_recorded_graph(int8_folder):
     digest = graph_digest(int8_folder / "model.int8.onnx")
     got = recorded_check(digest, {"ndcg@10_int8": 1.0, "passed": True})(int8_folder)
