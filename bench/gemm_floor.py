@@ -2,13 +2,14 @@
 
 Every MatMul (fp32) or MatMulIntegerToFloat (per-token int8) with a constant weight is copied into a
 graph that holds nothing else, fed activations of the right width for one query of --tokens tokens, and
-timed in onnxruntime with one intra-op thread, passive waiting, as the runtime uses it. The whole graph
+timed in an onnxruntime session made as the runtime makes its own (one intra-op thread by default,
+passive waiting). The whole graph
 is timed the same way. No graph can run faster than its GEMMs, so the first column is a floor for the
 single-query latency that `Embedder.encode([query], "query")` can reach on this machine with this model.
 The three are timed in turns (interleaved rounds) because this shared machine's speed drifts by a
 quarter within minutes; each figure is the median over rounds of a round's p50.
 
-    python bench/gemm_floor.py [FOLDER] [--variant fp32|int8] [--tokens 14] [--threads 1] [--rounds 5]
+    python -m bench.gemm_floor [FOLDER] [--variant fp32|int8] [--tokens 14] [--threads 1] [--rounds 5]
 
 FOLDER: a duorank model folder (default: the default embedder). Prints a table to stdout.
 """
@@ -16,25 +17,14 @@ FOLDER: a duorank model folder (default: the default embedder). Prints a table t
 from __future__ import annotations
 
 import argparse
-import time
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _session(model: Any, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+from bench.conftest import latency
 
 
 def gemms_only(path: Path) -> tuple[Any, dict[str, tuple[int, str]], float, int]:
@@ -75,24 +65,18 @@ def gemms_only(path: Path) -> tuple[Any, dict[str, tuple[int, str]], float, int]
 
 
 def rounds(fns: dict[str, Callable[[], Any]], n_rounds: int, calls: int) -> dict[str, float]:
-    """Median over rounds of each round's p50 ms; the functions take turns, so a noisy minute of this
-    shared machine hits them all alike."""
+    """Median over rounds of each round's p50 ms (`bench.conftest.latency`); the functions take turns, so
+    a noisy minute of this shared machine hits them all alike."""
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(n_rounds):
         for k, fn in fns.items():
-            for _ in range(10):
-                fn()
-            ts = []
-            for _ in range(calls):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-            out[k].append(float(np.median(ts) * 1e3))
+            out[k].append(latency(fn, calls)[0])
     return {k: float(np.median(v)) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from duorank.models import VARIANTS, Embedder, resolve
+    from duorank.batching import pad
+    from duorank.models import VARIANTS, Embedder, _session, resolve
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="default")
@@ -112,17 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         ).astype(d)
         for i, (k, d) in inputs.items()
     }
-    gemm = _session(graph, a.threads)
+    with tempfile.TemporaryDirectory() as tmp:  # the runtime's own session options (`models._session`)
+        (Path(tmp) / "gemms.onnx").write_bytes(graph.SerializeToString())
+        gemm = _session(Path(tmp) / "gemms.onnx", "cpu", a.threads)
     emb = Embedder.load(folder, variant=a.variant, threads=a.threads)
     text = " ".join(["word"] * (a.tokens - 2))
     enc = emb.tokenizer.encode(text)
     assert len(enc.ids) == a.tokens
-    every = {
-        "input_ids": np.array([enc.ids], dtype=np.int64),
-        "attention_mask": np.ones((1, a.tokens), dtype=np.int64),
-        "token_type_ids": np.zeros((1, a.tokens), dtype=np.int64),
-    }
-    graph_feeds = {k: v for k, v in every.items() if k in emb._inputs}
+    graph_feeds = pad([enc], np.array([0]), emb._inputs)  # what `encode` feeds for one text
     ms = rounds(
         {
             "gemms": lambda: gemm.run(None, feeds),

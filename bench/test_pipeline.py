@@ -11,8 +11,8 @@ quality claim; the same weights exported to ONNX for duorank). Same texts, same 
 - Ingest: documents/s for the first DUORANK_BENCH_INGEST (default 1,000) SciFact abstracts, embedded and
   indexed end to end (duorank: chunk-free Engine.add into a new collection, saved to disk; with BM25 and
   without; the peer: encode + faiss add, kept in memory).
-- "duorank int8" runs the per-token int8 graphs of both models (speed only: the default embedder's int8
-  gate, SciFact nDCG@10 64.08 vs 64.51, is in the README; the cross-encoder has random weights).
+- "duorank int8" runs the per-token int8 graphs of both models: the default embedder's own int8 variant
+  (gated: SciFact nDCG@10 64.08 vs 64.51) and the cross-encoder's (speed only: random weights).
 
     python -m pytest bench/test_pipeline.py --benchmark-disable-gc -p no:cacheprovider -q -s
 

@@ -9,14 +9,13 @@ builder (`bert_onnx`) writes the ONNX graph straight from the safetensors weight
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from duorank.files import sha256_file
-from duorank.models import MANIFEST, ModelError, models_dir
+from duorank.models import MANIFEST, ModelError, models_dir, read_manifest
 
 log = logging.getLogger("duorank.models")
 
@@ -91,8 +90,6 @@ def ensure(name: str) -> Path:
     int8 = spec.get("int8")
     if (out / MANIFEST).is_file():
         if int8 and not (out / INT8_LEFT_OUT).is_file():
-            from duorank.models import read_manifest
-
             if "int8" not in read_manifest(out, verify=False)["variants"]:
                 _add_int8(name, out, int8)
         return out
@@ -140,5 +137,5 @@ def _add_int8(name: str, out: Path, int8: dict[str, Any]) -> None:
         log.warning("%s", why)
         (out / INT8_LEFT_OUT).write_text(why + "\n", encoding="utf-8")
     except OSError:
-        if "int8" not in json.loads((out / MANIFEST).read_text(encoding="utf-8"))["variants"]:
+        if "int8" not in read_manifest(out, verify=False)["variants"]:
             raise  # not a concurrent process that added it first

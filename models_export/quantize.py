@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from duorank.models import INT8_ACTIVATIONS
+from duorank.models import INT8_ACTIVATIONS, VARIANTS
 
 log = logging.getLogger("duorank.models_export")
 
@@ -389,7 +389,7 @@ def recorded_check(digest: str, recorded: dict[str, Any]) -> Any:
     def check(folder: Any) -> dict[str, Any]:
         from pathlib import Path
 
-        got = graph_digest(Path(folder) / "model.int8.onnx")
+        got = graph_digest(Path(folder) / VARIANTS["int8"])
         return {**recorded, "graph_sha256": got, "passed": got == digest and bool(recorded.get("passed"))}
 
     return check
