@@ -250,6 +250,88 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
         say(f"| {k} | {v['ms']:.1f} | {many_ms:.1f} | {v['max_abs_diff_vs_cpu']:.2e} |")
 
 
+def check_int8(dev: str, emb_dir: Path, texts: list[str]) -> None:
+    """A per-token int8 variant (the default's recipe) on the device: on CUDA its weights are expanded at
+    load (`dequantize_weights`) and it runs batched; compared with the same folder's int8 and fp32 on the
+    CPU. Random weights: the quality gate is not this check's business, the plumbing is."""
+    from duorank import Embedder
+    from duorank.models_export import add_int8
+
+    int8_dir = add_int8(
+        emb_dir, lambda folder: {"passed": True, "note": "random weights"}, out=emb_dir.parent / "emb-int8"
+    )
+    dev8 = Embedder.load(int8_dir, device=dev, variant="int8")
+    dev32 = Embedder.load(int8_dir, device=dev, variant="fp32")
+    cpu8 = Embedder.load(int8_dir, device="cpu", variant="int8", threads=4)
+    cpu32 = Embedder.load(int8_dir, device="cpu", variant="fp32", threads=4)
+    sample = texts[:300]
+    got = dev8.encode(sample)
+    one_by_one = np.vstack([dev8.encode([t]) for t in sample[:30]])
+
+    def cos(ref: np.ndarray) -> dict[str, float]:
+        c = (got * ref).sum(1)
+        return {"min_cosine": float(c.min()), "mean_cosine": float(c.mean())}
+
+    out = {
+        "providers": dev8.session.get_providers(),
+        "weights_expanded_to_fp32": dev8.dequantized,
+        "vs_cpu_int8": cos(cpu8.encode(sample)),
+        "vs_cpu_fp32": cos(cpu32.encode(sample)),
+        "batch_vs_one_by_one_max_abs_diff": float(np.abs(one_by_one - got[:30]).max()),
+        "docs_s": {
+            name: len(texts) / timed(lambda m=m: m.encode(texts))
+            for name, m in (("int8", dev8), ("fp32", dev32))
+        },
+    }
+    RESULT["int8_per_token"] = out
+    say(f"\nPer-token int8 on {dev} (random MiniLM-shaped weights): `{json.dumps(out)}`")
+
+
+def check_real(dev: str, folder: Path, data: Path, reference: Path) -> None:
+    """Real weights (e.g. the default's fp16 folder) on the device: parity with CPU fp32 vectors computed
+    elsewhere (`reference`: an npz of texts and vectors), SciFact corpus throughput, query latency, and the
+    packaged reranker over real dense candidates."""
+    from duorank import Embedder, ExactIndex, Reranker
+    from duorank.eval.datasets import load_beir
+
+    emb = Embedder.load(folder, device=dev)
+    ref = np.load(reference)
+    got = emb.encode([str(t) for t in ref["texts"]])
+    c = (got * ref["vectors"]).sum(1)
+    ds = load_beir(data, "test")
+    corpus = [ds.corpus[d] for d in ds.doc_ids()]
+    queries = list(ds.queries.values())
+    emb.encode(corpus[:200])  # warm-up
+    t = time.perf_counter()
+    vecs = emb.encode(corpus)
+    ingest = time.perf_counter() - t
+    index = ExactIndex(dim=emb.dim)
+    index.add(vecs)
+    q = emb.encode(queries, "query")
+    hits = index.search(q, 100)
+    rr = Reranker.load("default", device=dev)
+
+    def query() -> None:
+        emb.encode([queries[0]], "query")
+
+    groups = [(queries[i], [corpus[j] for j in hits.ids[i]]) for i in range(20 if dev == "cuda" else 2)]
+    rr.score_groups(groups[:2])  # warm-up
+    per_query = [1e3 * timed(lambda g=g: rr.score(*g), 3) for g in groups]
+    out = {
+        "variant": emb.variant,
+        "providers": emb.session.get_providers(),
+        "reranker": {"variant": rr.variant, "providers": rr.session.get_providers()},
+        "vs_cpu_fp32": {"texts": len(c), "min_cosine": float(c.min()), "mean_cosine": float(c.mean())},
+        "scifact_corpus": {"docs": len(corpus), "seconds": ingest, "docs_s": len(corpus) / ingest},
+        "query_latency_ms": dict(zip(("p50", "p99"), latency(query, 200 if dev == "cuda" else 20))),
+        "queries_batch_s": len(queries) / timed(lambda: emb.encode(queries, "query")),
+        "rerank_top100_ms_median_of_queries": float(np.median(per_query)),
+        "rerank_queries": len(groups),
+    }
+    RESULT["real"] = out
+    say(f"\nReal weights ({folder.name}, {emb.variant}) on {dev}: `{json.dumps(out)}`")
+
+
 QUERY = "How do I copy a directory tree?"
 BINDINGS = (None, "cuda", "cpu")
 
@@ -259,8 +341,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--sections", default="embedder,reranker,int8", help="comma list of those to run")
+    ap.add_argument("--real", type=Path, help="also check this real-weights embedder folder (needs --data)")
+    ap.add_argument("--data", type=Path, help="SciFact BEIR folder for --real")
+    ap.add_argument("--reference", type=Path, help="npz of texts and CPU fp32 vectors for --real")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    sections = set(args.sections.split(","))
 
     import onnxruntime as ort
     import torch
@@ -290,8 +377,14 @@ def main() -> int:
     rr_dir = export(hf_rr, root / "rr", kind="reranker", fp16=True)
     say(f"export of both random models with fp16 variants and parity gates: {time.perf_counter() - t:.1f} s")
     try:
-        section("embedder", check_embedder, dev, emb_dir, hf_emb, texts)
-        section("reranker", check_reranker, dev, rr_dir, hf_rr, texts)
+        if args.real:
+            section("real", check_real, dev, args.real, args.data, args.reference)
+        if "embedder" in sections:
+            section("embedder", check_embedder, dev, emb_dir, hf_emb, texts)
+        if "reranker" in sections:
+            section("reranker", check_reranker, dev, rr_dir, hf_rr, texts)
+        if "int8" in sections:
+            section("int8", check_int8, dev, emb_dir, texts)
     finally:
         (args.out / "gpu_check.json").write_text(json.dumps(RESULT, indent=2))
         (args.out / "gpu_check.md").write_text("\n".join(REPORT) + "\n")

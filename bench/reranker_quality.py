@@ -360,6 +360,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reranker", default="default")
+    p.add_argument("--model", default="default", help="the embedder of the first stages (name or folder)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--variant")
     p.add_argument("--long-documents", default="truncate", choices=["truncate", "windows"])
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -389,9 +391,13 @@ def main() -> int:
         (Path(args.out) / "reranker_quality.md").write_text(markdown(result))
         plot(result, Path(args.out) / "reranker_quality.png")
         return 0
-    emb = Embedder.load("default", threads=args.threads)
+    emb = Embedder.load(args.model, device=args.device, threads=args.threads)
     rr = Reranker.load(
-        args.reranker, variant=args.variant, threads=args.threads, long_documents=args.long_documents
+        args.reranker,
+        device=args.device,
+        variant=args.variant,
+        threads=args.threads,
+        long_documents=args.long_documents,
     )
     log.info("reranker %s (%s), defaults %s", rr.folder, rr.variant, {s: rr.defaults(s) for s in RECALLS})
     result: dict[str, Any] = {
@@ -403,6 +409,8 @@ def main() -> int:
             s: dict(zip(("blend", "depth"), (d.blend, d.depth))) for s in RECALLS for d in [rr.defaults(s)]
         },
         "long_documents": args.long_documents,
+        "device": args.device,
+        "embedder": {"folder": str(emb.folder), "variant": emb.variant},
     }
     if args.latency_only:
         ds = load_beir(Path(args.data) / "scifact", "test")

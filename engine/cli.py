@@ -174,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", help="write report.json, report.md and plots here")
     r.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
     r.add_argument("--threads", type=int, help="onnxruntime threads (default: 1)")
+    _device_options(r)
     for task, helptext in (
         ("sts", "STS Benchmark: Spearman of cosine vs gold"),
         ("classification", "logistic regression on frozen embeddings (e.g. Banking77)"),
@@ -188,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--data", required=True, metavar="PATH")
         t.add_argument("--model", default="default")
         t.add_argument("--threads", type=int)
+        _device_options(t)
     _engine_commands(sub)
     ds = sub.add_parser("datasets", help="fetch public BEIR datasets into the cache (needs network)")
     dsub = ds.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
@@ -544,13 +546,26 @@ def _datasets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _device_options(p: argparse.ArgumentParser) -> None:
+    from .models import VARIANTS
+
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider (default: %(default)s)"
+    )
+    p.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        help="embedder variant (default: fp32 on cpu, fp16 on cuda where the folder has it)",
+    )
+
+
 def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.eval_command is None:
         parser.error("eval: choose a TASK: retrieval, sts, classification or clustering")
     from .eval import run
     from .models import Embedder
 
-    emb = Embedder.load(args.model, threads=args.threads)
+    emb = Embedder.load(args.model, device=args.device, variant=args.variant, threads=args.threads)
     if args.eval_command != "retrieval":
         fn = {"sts": run.sts, "classification": run.classification, "clustering": run.clustering}
         print(json.dumps(fn[args.eval_command](emb, args.data), indent=1))
@@ -560,7 +575,7 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .models import Reranker
 
     data = load_beir(args.dataset, args.split, ignore_identical_ids=args.ignore_identical_ids)
-    rr = Reranker.load(args.reranker, threads=args.threads) if args.reranker else None
+    rr = Reranker.load(args.reranker, device=args.device, threads=args.threads) if args.reranker else None
     systems = args.systems.split(",") if args.systems else None
     report = run.retrieval(data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems)
     if args.out:

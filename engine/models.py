@@ -8,11 +8,13 @@ the tokenizer and the onnxruntime session are both safe to share, and no call ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,9 @@ POOLINGS = ("mean", "cls", "last", "none")
 # Padded tokens per run: small batches keep the attention scores in cache on a CPU (512 beat 2,048 by 13%
 # and 8,192 by 36% on this 2-core machine, all-MiniLM-L6-v2, mixed SciFact texts); GPUs want big ones.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, README "On a GPU"
+# Padded lengths are rounded up to this multiple: a CUDA session pays about 50 ms the first time it meets
+# an input shape (bench/gpu_check.py), a CPU session pays only for the padding.
+DEFAULT_PAD_MULTIPLE = {"cpu": 1, "cuda": 32}
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
 # how `models_export.quantize.to_int8` quantises activations; recorded in the manifest's int8 variant
@@ -188,7 +193,11 @@ def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def _session(path: Path, device: str, threads: int | None, *, dequantize: bool = False) -> Any:
+def _session(
+    path: Path, device: str, threads: int | None, *, graph: Callable[[], bytes] | None = None
+) -> Any:
+    """An onnxruntime session of `path`, or on CUDA of the graph that `graph()` builds (called once the
+    CUDA provider is known to be there)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -206,13 +215,8 @@ def _session(path: Path, device: str, threads: int | None, *, dequantize: bool =
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise DeviceError(f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu")
-    source: Any = str(path)
-    if dequantize:
-        from duorank.models_export.deps import require
-        from duorank.models_export.quantize import dequantize_weights
-
-        onnx = require("onnx", "onnx")
-        source = dequantize_weights(onnx.load(str(path))).SerializeToString()
+    _preload_cuda_libraries(ort)
+    source: Any = str(path) if graph is None else graph()
     sess = ort.InferenceSession(source, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         # onnxruntime-gpu falls back to CPU silently when the CUDA / cuDNN libraries do not load.
@@ -222,6 +226,30 @@ def _session(path: Path, device: str, threads: int | None, *, dequantize: bool =
             f"session providers: {sess.get_providers()}"
         )
     return sess
+
+
+_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages before the first CUDA session.
+
+    onnxruntime-gpu's CUDA provider finds those libraries only when something loaded them first (`import
+    torch` does); otherwise the provider fails to load and onnxruntime falls back to the CPU. Its
+    `preload_dlls` (1.21+) loads them and prints what it cannot find: that goes to the debug log, not to
+    stdout, which the CLI keeps for data.
+    """
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED.append(True)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            ort.preload_dlls()
+    except Exception as e:  # best effort: the provider check below gives the error that matters
+        log.debug("onnxruntime.preload_dlls failed: %s", e)
+    if said.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
 
 
 def _check_texts(texts: Sequence[str], name: str = "texts", *, allow_empty: bool = False) -> list[str]:
@@ -276,19 +304,34 @@ class _Model:
         self.device = device
         self.variant = variant
         self.batch_tokens = int(batch_tokens)
+        self.pad_multiple = DEFAULT_PAD_MULTIPLE["cuda" if device == "cuda" else "cpu"]
         self.max_length = int(manifest["max_length"])
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         # int8 on CUDA: onnxruntime would run the dynamic quantisation on the CPU, one text per call (65x
-        # slower than fp16 on an H200), so the weights are expanded to fp32 at load (int8 rounding kept)
+        # slower than fp16 on an H200), so the weights are expanded at load (int8 rounding kept) and run in
+        # fp16 where the attention fuses (`quantize.expand_for_gpu`), else in fp32
         self.dequantized = device == "cuda" and variant == "int8"
         # int8 folders of the older recipe quantise activations with one scale per tensor, i.e. per batch: a
         # text's result would depend on its neighbours and their padding (reranker scores moved by up to 0.06
         # here), so they run one text per call. Per-token int8 (`INT8_ACTIVATIONS`) is batch-independent.
         recipe = manifest["variants"].get(variant, {}).get("activations")
         self.per_tensor_int8 = variant == "int8" and not self.dequantized and recipe != INT8_ACTIVATIONS
-        self.session = _session(folder / VARIANTS[variant], device, threads, dequantize=self.dequantized)
+        path = folder / VARIANTS[variant]
+        # the precision the expanded int8 graph runs in on CUDA (fp16 where the attention fuses)
+        self.expanded_precision: str | None = None
+
+        def expanded() -> bytes:
+            from duorank.models_export.deps import require
+            from duorank.models_export.quantize import expand_for_gpu
+
+            onnx = require("onnx", "onnx")
+            model, self.expanded_precision = expand_for_gpu(onnx.load(str(path)), manifest)
+            log.info("%s int8 on CUDA: weights expanded, runs in %s", folder.name, self.expanded_precision)
+            return model.SerializeToString()  # type: ignore[no-any-return]
+
+        self.session = _session(path, device, threads, graph=expanded if self.dequantized else None)
         self._inputs = [i.name for i in self.session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
@@ -329,12 +372,14 @@ class _Model:
     def _batches(self, encodings: Sequence[Any], progress: bool | None, desc: str) -> Any:
         """(rows, padded inputs) per batch; padding happens one batch at a time, as the batch is reached."""
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        plan: Any = batching.plan(lengths, self.batch_tokens, 1 if self.per_tensor_int8 else 512)
+        multiple, cap = self.pad_multiple, self.max_length
+        max_batch = 1 if self.per_tensor_int8 else 512
+        plan: Any = batching.plan(lengths, self.batch_tokens, max_batch, multiple, cap)
         if progress or (progress is None and len(encodings) >= 2000):
             from tqdm.auto import tqdm
 
             plan = tqdm(plan, desc=desc, unit="batch", leave=False, disable=False if progress else None)
-        return ((rows, batching.pad(encodings, rows, self._inputs)) for rows in plan)
+        return ((rows, batching.pad(encodings, rows, self._inputs, multiple, cap)) for rows in plan)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,11 +34,37 @@ def to_fp16(model: Any, facts: dict[str, Any]) -> Any:
     Fusing first matters: the fused Attention takes the mask as an index, while the unfused graph's additive
     mask (1 - mask) * float32 min would overflow to -inf in fp16 and give 0 * -inf = NaN.
     """
+    return _half(optimize(model, facts))
+
+
+def _half(fused: Any) -> Any:
+    """fp16 of a fused graph; DequantizeLinear (int8 embedding lookups) stays fp32: opset 17 has no fp16
+    scales."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    fused = OnnxModel(optimize(model, facts))
-    fused.convert_float_to_float16(keep_io_types=True)
-    return fused.model
+    model = OnnxModel(fused)
+    model.convert_float_to_float16(
+        keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "DequantizeLinear"]
+    )
+    return model.model
+
+
+def expand_for_gpu(model: Any, facts: dict[str, Any] | None) -> tuple[Any, str]:
+    """The graph an int8 folder runs on a GPU, and its precision: `dequantize_weights`, then in fp16 (as
+    fp32 folders run there) when `facts` give the attention shape and the optimizer fuses the attention
+    (an unfused fp16 graph can overflow its additive mask, see `to_fp16`); otherwise in fp32."""
+    graph = dequantize_weights(model)
+    if not facts or not {"num_attention_heads", "hidden_size"} <= facts.keys():
+        return graph, "fp32"
+    try:
+        fused = optimize(graph, facts)
+    except Exception as e:  # an architecture the optimizer does not know: fp32 still runs
+        log.warning("onnxruntime's optimizer failed on the expanded int8 graph (%s); running it in fp32", e)
+        return graph, "fp32"
+    if not any(n.op_type == "Attention" for n in fused.graph.node):
+        return graph, "fp32"
+    return _half(fused), "fp16"
 
 
 def _copy(model: Any, onnx: Any) -> Any:

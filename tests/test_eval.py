@@ -299,6 +299,30 @@ def test_runner_plumbing_on_a_small_dataset(tmp_path, default_embedder, tiny_rer
         run.retrieval(ds, default_embedder, systems=["dense+cross"])
 
 
+def test_eval_command_device_and_variant(tmp_path, default_embedder, capsys, caplog):
+    """`duorank eval retrieval` end to end: the variant asked for is the one evaluated and the report says
+    on which device; `--device cuda` without a working CUDA provider exits 1 naming the reason."""
+    from duorank.cli import main
+
+    data = str(_beir(tmp_path / "mini"))
+    args = ["eval", "retrieval", "--dataset", data, "--systems", "dense", "--top-k", "3", "--top-n", "2"]
+    args.append("--json")
+    assert main([*args, "--variant", "int8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["embedder"]["variant"] == "int8"
+    assert report["config"]["embedder"]["device"] == "cpu"
+    assert report["config"]["embedder"]["providers"] == ["CPUExecutionProvider"]
+    rc = main([*args, "--device", "cuda"])
+    if rc:  # no GPU here
+        assert rc == 1 and "device='cuda'" in caplog.text
+    else:
+        providers = json.loads(capsys.readouterr().out)["config"]["embedder"]["providers"]
+        assert providers[0] == "CUDAExecutionProvider"
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--device", "tpu"])
+    assert exit_.value.code == 2
+
+
 def test_runner_ignores_identical_ids(tmp_path, default_embedder):
     from duorank.eval import run
 

@@ -164,15 +164,25 @@ def test_prefixes_and_pooling_come_from_the_manifest(default_embedder, tmp_path)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(1, 2000), st.integers(1, 16))
-def test_plan_respects_budget_and_covers_every_row(lengths, budget, max_batch):
+@given(
+    st.lists(st.integers(1, 300), min_size=1, max_size=60),
+    st.integers(1, 2000),
+    st.integers(1, 16),
+    st.sampled_from([1, 8, 32]),
+    st.sampled_from([None, 256]),
+)
+def test_plan_respects_budget_and_covers_every_row(lengths, budget, max_batch, multiple, cap):
     lengths = np.array(lengths, dtype=np.int64)
-    batches = batching.plan(lengths, budget, max_batch)
+    batches = batching.plan(lengths, budget, max_batch, multiple, cap)
     seen = np.concatenate(batches)
     assert sorted(seen.tolist()) == list(range(len(lengths)))
     for b in batches:
         assert 1 <= len(b) <= max_batch
-        assert len(b) == 1 or len(b) * lengths[b].max() <= budget
+        w = batching.width(int(lengths[b].max()), multiple, cap)
+        assert len(b) == 1 or len(b) * w <= budget
+        # rounded up to the multiple, except where the cap (the model's max_length) stops it
+        assert w >= lengths[b].max() and (w % multiple == 0 or w == max(cap or 0, lengths[b].max()))
+        assert w - lengths[b].max() < multiple
     firsts = [lengths[b].max() for b in batches]
     assert firsts == sorted(firsts, reverse=True)
 
@@ -180,6 +190,21 @@ def test_plan_respects_budget_and_covers_every_row(lengths, budget, max_batch):
 def test_plan_rejects_bad_budget():
     with pytest.raises(ValueError, match="budget 0"):
         batching.plan(np.array([3]), 0)
+    with pytest.raises(ValueError, match="multiple 0"):
+        batching.plan(np.array([3]), 10, multiple=0)
+
+
+def test_padding_to_a_multiple_changes_no_vector(default_embedder):
+    texts = ["short", "a somewhat longer sentence about cats and dogs", "x " * 300, "émoji 🚀 text"]
+    plain = default_embedder.encode(texts)
+    enc = default_embedder.tokenizer.encode_batch(texts)
+    feeds = batching.pad(enc, np.arange(2), default_embedder._inputs, 32, default_embedder.max_length)
+    assert feeds["input_ids"].shape == (2, 32)
+    try:
+        default_embedder.pad_multiple = 32
+        np.testing.assert_allclose(default_embedder.encode(texts), plain, atol=1e-5)
+    finally:
+        default_embedder.pad_multiple = 1
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -244,9 +269,10 @@ def test_bad_options(default_embedder, tmp_path):
         Embedder.load("default", batch_tokens=0)
 
 
-def test_cuda_without_a_working_provider_is_an_error(default_embedder):
+def test_cuda_without_a_working_provider_is_an_error(default_embedder, capfd):
     import onnxruntime as ort
 
+    capfd.readouterr()
     try:
         emb = Embedder.load("default", device="cuda")
     except DeviceError as e:
@@ -254,6 +280,8 @@ def test_cuda_without_a_working_provider_is_an_error(default_embedder):
     else:  # a machine with a working GPU: then it must really run there
         assert emb.session.get_providers()[0] == "CUDAExecutionProvider"
         assert "CUDAExecutionProvider" in ort.get_available_providers()
+    # loading the CUDA libraries (onnxruntime.preload_dlls prints what it misses) keeps stdout clean
+    assert capfd.readouterr().out == ""
 
 
 def test_kind_mismatch(default_embedder, reranker_folder):

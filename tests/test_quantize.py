@@ -17,6 +17,7 @@ from duorank.models_export.builtin import BUILTIN
 from duorank.models_export.quantize import (
     INT8_RECIPE,
     dequantize_weights,
+    expand_for_gpu,
     graph_digest,
     recorded_check,
     retrieval_check,
@@ -177,8 +178,14 @@ def test_expanded_for_gpus(int8_folder, abstracts):
     expanded = copy.copy(e)
     expanded.session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     texts = abstracts[:20] + abstracts[80:]
-    cos = parity.cosines(expanded.encode(texts), e.encode(texts))
+    vecs = expanded.encode(texts)
+    cos = parity.cosines(vecs, e.encode(texts))
     assert cos.min() >= 0.99, cos.min()
+    # what a GPU runs: the same expansion in fp16 (fused attention)
+    half, precision = expand_for_gpu(onnx.load(str(int8_folder / "model.int8.onnx")), e.manifest)
+    assert precision == "fp16" and "Attention" in {n.op_type for n in half.graph.node}
+    expanded.session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert parity.cosines(expanded.encode(texts), vecs).min() >= 0.9999
 
 
 def test_older_per_tensor_folders_still_run_one_text_per_call(int8_folder, tmp_path):

@@ -134,6 +134,31 @@ def test_int8_weights_expanded_for_gpus_keep_the_scores(default_reranker):
         assert list(np.argsort(-together)[:3]) == list(np.argsort(-int8)[:3])
 
 
+def test_int8_on_gpus_runs_in_fp16(default_reranker):
+    """device='cuda' runs the expanded graph in fp16 (`expand_for_gpu`: fused attention, the embedding
+    lookups' dequantisation kept in fp32), run here on the CPU: scores within 2e-3 of the fp32 expansion."""
+    import onnx
+    import onnxruntime as ort
+
+    from duorank.models_export.quantize import dequantize_weights, expand_for_gpu
+
+    rr = default_reranker
+    int8 = onnx.load(str(rr.folder / "model.int8.onnx"))
+    half, precision = expand_for_gpu(int8, rr.manifest)
+    assert precision == "fp16"
+    assert {"Attention", "SkipLayerNormalization"} <= {n.op_type for n in half.graph.node}
+    assert expand_for_gpu(int8, None)[1] == "fp32"  # no attention shape given: the plain expansion
+    runs = []
+    for graph in (half, dequantize_weights(int8)):
+        m = copy.copy(rr)
+        m.session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        m.per_tensor_int8 = False
+        runs.append([m.score(query, [needle, *hay]) for query, needle, hay in NEEDLES])
+    for fp16, fp32 in zip(*runs):
+        np.testing.assert_allclose(fp16, fp32, atol=2e-3)
+        assert np.argmax(fp16) == 0
+
+
 def test_missing_packaged_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(PACKAGED, "reranker", tmp_path / "nowhere")
     with pytest.raises(ModelError, match="the default reranker is missing from this installation"):

@@ -291,6 +291,8 @@ def _model_config(model: Any) -> dict[str, Any] | None:
         "name": model.name,
         "path": str(model.folder),
         "variant": model.variant,
+        "device": model.device,
+        "providers": model.session.get_providers(),
         "sha256": m["files"][VARIANTS[model.variant]]["sha256"],
         "source": m.get("source", {}),
         "max_length": m.get("max_length"),
