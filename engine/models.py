@@ -9,6 +9,7 @@ the tokenizer and the onnxruntime session are both safe to share, and no call ch
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -38,7 +39,8 @@ POOLINGS = ("mean", "cls", "last", "none")
 # and 8,192 by 36% on this 2-core machine, all-MiniLM-L6-v2, mixed SciFact texts); GPUs want big ones.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, README "On a GPU"
 # Padded lengths are rounded up to this multiple: a CUDA session pays about 50 ms the first time it meets
-# an input shape (bench/gpu_check.py), a CPU session pays only for the padding.
+# an input shape (bench/gpu_shapes.py, README "On a GPU with the real models"); a CPU session pays only for
+# the padding.
 DEFAULT_PAD_MULTIPLE = {"cpu": 1, "cuda": 32}
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -228,9 +230,7 @@ def _session(
     return sess
 
 
-_PRELOADED: list[bool] = []
-
-
+@functools.cache
 def _preload_cuda_libraries(ort: Any) -> None:
     """Load CUDA and cuDNN from the nvidia-* pip packages before the first CUDA session.
 
@@ -239,9 +239,8 @@ def _preload_cuda_libraries(ort: Any) -> None:
     `preload_dlls` (1.21+) loads them and prints what it cannot find: that goes to the debug log, not to
     stdout, which the CLI keeps for data.
     """
-    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+    if not hasattr(ort, "preload_dlls"):
         return
-    _PRELOADED.append(True)
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(said):
