@@ -228,7 +228,8 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
         "max_abs_diff_vs_cpu": float(np.abs(s_dev - s_cpu).max()),
         "ms": 1e3 * timed(lambda: pk.score(QUERY, passages)),
         "providers": pk.session.get_providers(),
-        "weights_expanded_to_fp32": pk.dequantized,
+        "weights_expanded": pk.dequantized,
+        "runs_in": pk.expanded_precision,
     }
     words = " ".join(texts).split()
     many = [(QUERY, " ".join(words[i : i + 150])) for i in range(0, min(len(words), 150 * 1000), 150)]
@@ -242,7 +243,7 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
     say(f"\nRerank {len(passages)} (query, passage) pairs, passages over 200 characters, max_length 256, and")
     say(f"{len(many)} pairs of 150-word passages (ms_many):\n")
     if pk.dequantized:
-        say("(packaged int8 reranker on CUDA: weights expanded to fp32 at load, `dequantize_weights`)\n")
+        say(f"(packaged int8 reranker on CUDA: weights expanded at load, run in {pk.expanded_precision})\n")
     say("| engine | ms | ms_many | max abs diff vs duorank CPU fp32 (packaged: vs its CPU int8) |")
     say("|---|---|---|---|")
     for k, v in rr.items():
@@ -252,8 +253,9 @@ def check_reranker(dev: str, rr_dir: Path, hf_rr: Path, texts: list[str]) -> Non
 
 def check_int8(dev: str, emb_dir: Path, texts: list[str]) -> None:
     """A per-token int8 variant (the default's recipe) on the device: on CUDA its weights are expanded at
-    load (`dequantize_weights`) and it runs batched; compared with the same folder's int8 and fp32 on the
-    CPU. Random weights: the quality gate is not this check's business, the plumbing is."""
+    load (`expand_for_gpu`: fp16 where the attention fuses) and it runs batched; compared with the same
+    folder's int8 and fp32 on the CPU. Random weights: the quality gate is not this check's business, the
+    plumbing is."""
     from duorank import Embedder
     from duorank.models_export import add_int8
 
@@ -274,7 +276,8 @@ def check_int8(dev: str, emb_dir: Path, texts: list[str]) -> None:
 
     out = {
         "providers": dev8.session.get_providers(),
-        "weights_expanded_to_fp32": dev8.dequantized,
+        "weights_expanded": dev8.dequantized,
+        "runs_in": dev8.expanded_precision,
         "vs_cpu_int8": cos(cpu8.encode(sample)),
         "vs_cpu_fp32": cos(cpu32.encode(sample)),
         "batch_vs_one_by_one_max_abs_diff": float(np.abs(one_by_one - got[:30]).max()),
