@@ -509,7 +509,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         eng = Engine.create(f"{tmp}/c", chunk_tokens=200, chunk_overlap=32)
         report = eng.add(texts, ids, meta)
         questions = [t.split(":", 1)[0].replace(".", " ") for t in texts[: args.queries]]
-        eng.search(questions[:2], top_k=50, top_n=5, rerank=None)  # warm-up
+        eng.warmup()
         stages: dict[str, list[float]] = {}
         for q in questions:
             t = eng.search(q, top_k=50, top_n=5, rerank=None).timings

@@ -215,3 +215,56 @@ def test_recorded_blend_and_depth_per_recall(tmp_path, default_embedder):
             by_reranker = [recalled[i].id for i in np.lexsort((np.arange(depth), -own))]
             # dense: blend 0.0, its own order; bm25: blend 1.0, the reranker's order of its first 4 only
             assert got == ([h.id for h in recalled[:depth]] if recall == "dense" else by_reranker)
+
+
+WARM_SCRIPT = """
+import json, sys
+from numba.core.registry import CPUDispatcher
+from duorank import Engine
+
+def loaded():  # compiled kernel signatures in this process (Numba loads them from its cache on first use)
+    mods = [m for name, m in list(sys.modules.items()) if name.startswith("duorank.kernels")]
+    return sum(len(v.signatures) for m in mods for v in vars(m).values() if isinstance(v, CPUDispatcher))
+
+eng = Engine.open(sys.argv[1], reranker=sys.argv[2] == "rerank")
+warm = eng.warmup() if sys.argv[3] == "warm" else None
+before, bm25_before = loaded(), "bm25s" in sys.modules
+one = eng.search("green trees", top_k=8, top_n=3, recall="hybrid")
+many = eng.search([f"animal number {i}" for i in range(70)], top_k=8, top_n=3, recall="dense", rerank=None)
+print(json.dumps({"warm": warm, "before": before, "after": loaded(), "bm25_before": bm25_before,
+                  "ids": [h.id for h in one[0]], "ids_many": [h.id for h in many[5]]}))
+"""
+
+
+def test_warmup_pays_the_first_query_costs(tmp_path, default_embedder):
+    """A new process's first searches load Numba's cached kernels and the BM25 index (about 1.4 s on the
+    demo collection here). After Engine.warmup() they load nothing more: the single-query and batched
+    kernels are loaded and BM25 is read, and results are those of a process without a warm-up."""
+    import subprocess
+    import sys
+
+    src = tiny_bert_folder(tmp_path / "hf", kind="reranker", seed=3)
+    rr = Reranker.load(export(src, tmp_path / "rr", backend="numpy"))
+    texts = [f"document {i} about {w}" for i, w in enumerate(["cats", "dogs", "fish", "birds", "trees"] * 4)]
+    with Engine.create(tmp_path / "c", default_embedder, rr) as eng:
+        eng.add(texts)
+        assert set(eng.warmup()) == {"embed", "search", "fetch", "rerank", "total"}  # in this process too
+    with Engine.create(tmp_path / "empty", default_embedder, rr) as eng:
+        empty = eng.warmup()  # nothing to search: the models only
+        assert empty["search"] == 0.0 and empty["rerank"] > 0 and len(eng) == 0
+
+    def run(*args: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", WARM_SCRIPT, str(tmp_path / "c"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    cold, warm = run("rerank", "cold"), run("rerank", "warm")
+    assert cold["after"] > cold["before"] and not cold["bm25_before"]  # the searches loaded kernels and BM25
+    assert warm["before"] == warm["after"] > 0 and warm["bm25_before"]  # the warm-up had loaded them all
+    assert warm["warm"]["rerank"] > 0 and warm["warm"]["search"] > 0
+    assert (warm["ids"], warm["ids_many"]) == (cold["ids"], cold["ids_many"])
