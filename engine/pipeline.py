@@ -200,7 +200,7 @@ class Engine:
         through every stage this engine serves (its embedding; dense search, for one query and for a
         batch large enough for the batched path; BM25 when the collection keeps an index; fetching; the
         cross-encoder over one candidate). In a new process Numba loads its cached kernels on first use
-        and BM25 reads its index: about 1.4 s of the demo collection's first search on 2 cores. Reads
+        and BM25 reads its index: 0.7-1.2 s of the demo collection's first search on 2 cores. Reads
         only. Returns the warm-up's own timings in ms, per stage and in total."""
         t_start = time.perf_counter()
         if not len(self):  # nothing to search: the models only

@@ -237,7 +237,7 @@ print(json.dumps({"warm": warm, "before": before, "after": loaded(), "bm25_befor
 
 
 def test_warmup_pays_the_first_query_costs(tmp_path, default_embedder):
-    """A new process's first searches load Numba's cached kernels and the BM25 index (about 1.4 s on the
+    """A new process's first searches load Numba's cached kernels and the BM25 index (0.7-1.2 s on the
     demo collection here). After Engine.warmup() they load nothing more: the single-query and batched
     kernels are loaded and BM25 is read, and results are those of a process without a warm-up."""
     import subprocess
