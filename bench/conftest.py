@@ -67,8 +67,12 @@ def int8_for_speed(fp32_folder: Path, out: Path) -> Path:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS:
         return
+    from duorank import machine
+
+    info = machine.describe()
     OUT.mkdir(exist_ok=True)
     for table, rows in RESULTS.items():
-        (OUT / f"{table}.json").write_text(json.dumps(rows, indent=2))
+        (OUT / f"{table}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
         terminalreporter.write_sep("=", f"duorank bench: {table}")
+        terminalreporter.write_line(f"machine: {machine.summary(info)}")
         terminalreporter.write_line(TABLES[table](rows) if table in TABLES else json.dumps(rows, indent=1))

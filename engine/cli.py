@@ -501,7 +501,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import numpy as np
 
-    from . import demo
+    from . import demo, machine
     from .pipeline import Engine
 
     texts, ids, meta = demo.corpus(args.documents)
@@ -520,6 +520,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         batch_s = time.perf_counter() - t0
         eng.close()
     out: dict[str, Any] = {
+        "machine": machine.describe(),
         "documents": report.documents,
         "chunks": report.chunks,
         "ingest_docs_per_s": report.documents / report.seconds,
@@ -530,6 +531,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
+    print(f"machine: {machine.summary(out['machine'])}")
     print(f"ingest: {out['ingest_docs_per_s']:.1f} documents/s ({out['ingest_chunks_per_s']:.1f} chunks/s)")
     p50 = out["query_p50_ms"]
     print("query p50 (ms, batch 1, dense top-50): " + ", ".join(f"{k} {v:.2f}" for k, v in p50.items()))

@@ -174,3 +174,4 @@ def test_bench_prints_rates(default_embedder):
     out = json.loads(res.stdout)
     assert out["documents"] == 20 and out["ingest_docs_per_s"] > 0
     assert set(out["query_p50_ms"]) == {"embed", "search", "fetch", "rerank", "total"}
+    assert out["machine"]["cores"] >= 1 and out["machine"]["isa"]
