@@ -5,8 +5,13 @@ Importing this module loads (or compiles, first time) every kernel; the engine i
 Thread pool: Numba's. If Numba picks its OpenMP layer, OpenMP's default active spin-wait would keep a
 core busy after each parallel kernel and starve BLAS or the next call on small machines (PERF.md), so
 OMP_WAIT_POLICY defaults to PASSIVE here unless the caller set it (it takes effect only if OpenMP was
-not loaded yet by another library). Numba's compiled-kernel cache goes to $DUORANK_HOME/numba unless
-NUMBA_CACHE_DIR is set (it takes effect only if Numba was not imported yet).
+not loaded yet by another library). Numba's compiled-kernel cache goes to $DUORANK_HOME/numba/<this
+package's import name> unless NUMBA_CACHE_DIR is set (it takes effect only if Numba was not imported yet).
+
+The import name is part of the path because Numba keys its cache by source file, yet records the module
+name inside each entry and re-imports that module to load it: in a source checkout these files are also
+importable as a top-level `kernels`, and one process doing that used to leave entries that made every later
+`duorank.kernels` import fail with "No module named 'kernels'" (or, from the checkout, load a second copy).
 """
 
 import os
@@ -18,7 +23,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault(
     "NUMBA_CACHE_DIR",
     os.path.join(
-        os.environ.get("DUORANK_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "duorank"), "numba"
+        os.environ.get("DUORANK_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "duorank"),
+        "numba",
+        __name__,
     ),
 )
 

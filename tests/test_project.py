@@ -53,5 +53,40 @@ def test_numba_cache_goes_to_duorank_home_not_site_packages(tmp_path):
     env["DUORANK_HOME"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(tmp_path / "numba")
+    assert out.stdout.strip() == str(tmp_path / "numba" / "duorank.kernels")
     assert list((tmp_path / "numba").rglob("*.nbi")), "no kernel was cached under DUORANK_HOME/numba"
+
+
+def test_numba_cache_survives_a_top_level_kernels_import(tmp_path):
+    """From a source checkout the kernels are also importable as a top-level `kernels`; Numba records that
+    module name in the cache entries it writes. Such entries once made every later `duorank.kernels`
+    import fail ("No module named 'kernels'") in processes where the checkout is not on sys.path."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["DUORANK_HOME"] = str(tmp_path)
+    probe = (
+        "import numpy as np, {m} as K; K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32))"
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", probe.format(m="kernels")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert first.returncode == 0, first.stderr
+    then = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe.format(m="duorank.kernels") + "; import sys; print('kernels' in sys.modules)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert then.returncode == 0, then.stderr
+    assert then.stdout.strip() == "False"
+    assert {p.name for p in (tmp_path / "numba").iterdir()} == {"kernels", "duorank.kernels"}
