@@ -66,27 +66,16 @@ def test_numba_cache_survives_a_top_level_kernels_import(tmp_path):
     probe = (
         "import numpy as np, {m} as K; K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32))"
     )
-    first = subprocess.run(
-        [sys.executable, "-c", probe.format(m="kernels")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+
+    def run(module: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        code = probe.format(m=module) + "; import sys; print('kernels' in sys.modules)"
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+        )
+
+    first = run("kernels", ROOT)
     assert first.returncode == 0, first.stderr
-    then = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            probe.format(m="duorank.kernels") + "; import sys; print('kernels' in sys.modules)",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    then = run("duorank.kernels", tmp_path)
     assert then.returncode == 0, then.stderr
     assert then.stdout.strip() == "False"
     assert {p.name for p in (tmp_path / "numba").iterdir()} == {"kernels", "duorank.kernels"}
