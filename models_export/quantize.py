@@ -77,7 +77,7 @@ INT8_RECIPE = {"weights": "int8 per output column, 7-bit range", "activations": 
 """What `to_int8` records in a manifest's int8 variant; a folder without it has the older per-tensor recipe
 (run one text per call)."""
 
-# 7-bit weights: AVX2's u8 x s8 multiply-add (vpmaddubsw) cannot saturate, so every CPU gives one result
+# 7-bit weights: AVX2's u8 x s8 multiply-add (vpmaddubsw) cannot saturate: the same integers on every CPU
 _W_RANGE = 63.0
 
 
@@ -87,7 +87,7 @@ def to_int8(model: Any, facts: dict[str, Any]) -> Any:
 
     - Weights: symmetric, one scale per output column, in [-63, 63]. On AVX2 without VNNI onnxruntime
       multiplies u8 x s8 pairs with a saturating 16-bit add; the 7-bit range keeps every sum exact, so
-      results are the same on every CPU.
+      integer results are the same on every CPU (the float ops around them differ in the last bits).
     - Activations: each row (token) x gets its own scale amax(|x|) / 127, quantised at run time to
       uint8 around 128; the GEMM's float output is multiplied back by amax. One scale per token makes a
       text's result independent of its batch and its padding (the integer GEMM is exact), so int8 runs
