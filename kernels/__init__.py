@@ -15,6 +15,7 @@ importable as a top-level `kernels`, and one process doing that used to leave en
 """
 
 import os
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Compiled kernels are cached in $DUORANK_HOME/numba (default ~/.cache/duorank/numba), not in __pycache__
@@ -28,6 +29,13 @@ os.environ.setdefault(
         __name__,
     ),
 )
+if "numba" in sys.modules:
+    # imported first by another library (bm25s does): its config was read without the line above, and a
+    # kernel's cache location is fixed when its module is imported, so without this reload the kernels
+    # would cache in __pycache__ beside the installed sources
+    from numba.core import config as _numba_config
+
+    _numba_config.reload_config()
 
 from .dot import decode_rows, dot_gather
 from .normalize import normalize_rows

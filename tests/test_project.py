@@ -57,6 +57,32 @@ def test_numba_cache_goes_to_duorank_home_not_site_packages(tmp_path):
     assert list((tmp_path / "numba").rglob("*.nbi")), "no kernel was cached under DUORANK_HOME/numba"
 
 
+def test_numba_cache_goes_to_duorank_home_when_numba_came_first(tmp_path):
+    """bm25s imports numba, so a process that builds BM25 first has numba's config read before duorank sets
+    NUMBA_CACHE_DIR; the kernels must still cache under DUORANK_HOME (a cache in the installed package's
+    __pycache__ outlives `pip uninstall` and turns the next install into a namespace package)."""
+    import duorank.kernels
+
+    package = Path(duorank.kernels.__file__).parent / "__pycache__"
+    before = set(package.glob("*.nbi")) if package.is_dir() else set()
+    probe = (
+        "import numba, os, numpy as np, duorank.kernels as K; "
+        "K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32)); "
+        "print(numba.config.CACHE_DIR)"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["DUORANK_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "numba" / "duorank.kernels")
+    assert {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")} >= {
+        "dot.dot_gather",
+        "normalize.normalize_rows",
+        "topk.topk_push_dot",
+    }
+    assert (set(package.glob("*.nbi")) if package.is_dir() else set()) == before
+
+
 def test_numba_cache_survives_a_top_level_kernels_import(tmp_path):
     """From a source checkout the kernels are also importable as a top-level `kernels`; Numba records that
     module name in the cache entries it writes. Such entries once made every later `duorank.kernels`
