@@ -41,18 +41,33 @@ def test_cli_help_and_version_without_numba():
     assert res.returncode == 2 and "unrecognized arguments" in res.stderr
 
 
+def _kernel_probe(
+    home: Path,
+    *,
+    before: str = "pass",
+    module: str = "duorank.kernels",
+    after: str = "pass",
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A new process, DUORANK_HOME=home and no NUMBA_CACHE_DIR, that runs `before`, imports the kernels as
+    `module`, calls one kernel, then runs `after` (which prints what the test reads)."""
+    code = (
+        f"{before}; import numpy as np, {module} as K; "
+        f"K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32)); {after}"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["DUORANK_HOME"] = str(home)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_numba_cache_goes_to_duorank_home_not_site_packages(tmp_path):
     """An installed duorank must not write into its own package folder: leftover cache files there make
     `duorank` a namespace package that shadows the next (e.g. editable) install."""
-    probe = (
-        "import os, numpy as np, duorank.kernels as K; "
-        "K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32)); "
-        "print(os.environ['NUMBA_CACHE_DIR'])"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["DUORANK_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr
+    out = _kernel_probe(tmp_path, before="import os", after="print(os.environ['NUMBA_CACHE_DIR'])")
     assert out.stdout.strip() == str(tmp_path / "numba" / "duorank.kernels")
     assert list((tmp_path / "numba").rglob("*.nbi")), "no kernel was cached under DUORANK_HOME/numba"
 
@@ -64,44 +79,22 @@ def test_numba_cache_goes_to_duorank_home_when_numba_came_first(tmp_path):
     import duorank.kernels
 
     package = Path(duorank.kernels.__file__).parent / "__pycache__"
-    before = set(package.glob("*.nbi")) if package.is_dir() else set()
-    probe = (
-        "import numba, os, numpy as np, duorank.kernels as K; "
-        "K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32)); "
-        "print(numba.config.CACHE_DIR)"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["DUORANK_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr
+    cached = set(package.glob("*.nbi")) if package.is_dir() else set()
+    out = _kernel_probe(tmp_path, before="import numba", after="print(numba.config.CACHE_DIR)")
     assert out.stdout.strip() == str(tmp_path / "numba" / "duorank.kernels")
     assert {p.name.split("-")[0] for p in (tmp_path / "numba").rglob("*.nbi")} >= {
         "dot.dot_gather",
         "normalize.normalize_rows",
         "topk.topk_push_dot",
     }
-    assert (set(package.glob("*.nbi")) if package.is_dir() else set()) == before
+    assert (set(package.glob("*.nbi")) if package.is_dir() else set()) == cached
 
 
 def test_numba_cache_survives_a_top_level_kernels_import(tmp_path):
     """From a source checkout the kernels are also importable as a top-level `kernels`; Numba records that
     module name in the cache entries it writes. Such entries once made every later `duorank.kernels`
     import fail ("No module named 'kernels'") in processes where the checkout is not on sys.path."""
-    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["DUORANK_HOME"] = str(tmp_path)
-    probe = (
-        "import numpy as np, {m} as K; K.normalize_rows(np.ones((2, 4), np.float32), np.empty(2, np.float32))"
-    )
-
-    def run(module: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        code = probe.format(m=module) + "; import sys; print('kernels' in sys.modules)"
-        return subprocess.run(
-            [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
-        )
-
-    first = run("kernels", ROOT)
-    assert first.returncode == 0, first.stderr
-    then = run("duorank.kernels", tmp_path)
-    assert then.returncode == 0, then.stderr
+    _kernel_probe(tmp_path, module="kernels", cwd=ROOT)
+    then = _kernel_probe(tmp_path, before="import sys", after="print('kernels' in sys.modules)", cwd=tmp_path)
     assert then.stdout.strip() == "False"
     assert {p.name for p in (tmp_path / "numba").iterdir()} == {"kernels", "duorank.kernels"}
