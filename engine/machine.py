@@ -26,6 +26,17 @@ _ISAS = (
 _PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "numba", "usearch")
 
 
+def versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    """{package: installed version, or None where it is not installed}."""
+    out: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def isa(flags: set[str]) -> str:
     """The widest vector instruction set of `flags` (the names /proc/cpuinfo uses), or "baseline"."""
     return next((name for name, need in _ISAS if need <= flags), "baseline")
@@ -54,11 +65,7 @@ def describe(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
         "python": platform.python_version(),
     }
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
+    out.update({name: v for name, v in versions(_PACKAGES).items() if v is not None})
     return out
 
 

@@ -41,6 +41,10 @@ def test_this_machine_and_its_summary(tmp_path):
     line = machine.summary(d)
     assert line.startswith(f"{d['cpu']}, {d['cores']} cores, {d['isa']}; Python ")
     assert f"numpy {d['numpy']}" in line
+    assert machine.versions(("numpy", "no-such-package-here")) == {
+        "numpy": d["numpy"],
+        "no-such-package-here": None,
+    }
     # no cpuinfo (macOS, Windows): the platform module's answer
     missing = machine.describe(tmp_path / "absent")
     assert missing["cpu"] and missing["isa"] and missing["vnni"] is False

@@ -300,15 +300,9 @@ def _model_config(model: Any) -> dict[str, Any] | None:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    from ..machine import versions
 
-    out: dict[str, str | None] = {}
-    for pkg in ("duorank", "numpy", "numba", "onnxruntime-gpu", "onnxruntime", "tokenizers", "bm25s"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return versions(("duorank", "numpy", "numba", "onnxruntime-gpu", "onnxruntime", "tokenizers", "bm25s"))
 
 
 def sts(embedder: Any, path: Any, split: str = "test") -> dict[str, float]:
