@@ -61,7 +61,7 @@ class ModelMismatchError(DuorankError, ValueError):
 @dataclass(frozen=True, slots=True)
 class Found(Hits):
     """Hits plus, per query and without the empty slots, the documents' external ids, texts and metadata,
-    and the search strategy that ran ("exact", "hnsw", "exact-filtered", "hnsw-postfilter", "no-match")."""
+    and the search strategy that ran ("exact", "hnsw", "exact-filtered", "hnsw-filtered", "no-match")."""
 
     external_ids: list[list[str]]
     texts: list[list[str]]
@@ -439,7 +439,7 @@ class Collection:
         few = allow.size <= self.EXACT_MAX_ALLOWED or allow.size <= self.EXACT_MAX_FRACTION * len(self)
         if self._ann is None or strategy == "exact" or (strategy == "auto" and few):
             return "exact-filtered", allow
-        return "hnsw-postfilter", allow
+        return "hnsw-filtered", allow
 
     def search(
         self,

@@ -1,10 +1,16 @@
-"""Approximate search: USearch HNSW behind the same protocol as ExactIndex.
+"""Approximate search: an HNSW graph built by USearch behind the same protocol as ExactIndex.
 
 Vectors are L2-normalised here (zero rows stay zero) and searched by cosine, so scores are the
 same cosines ExactIndex returns and the two can be compared id for id (`recall_against`). Saved as a
 folder: `ann.<generation>.usearch` (USearch's own format, readable from C/C++/Rust/Go) and the manifest
 `index.json` last, with the file's size and sha256. `load(mmap=True)` memory-maps the file read-only
 (USearch `view`): many processes can serve one copy; adding to a viewed index is an error.
+
+USearch builds and stores the graph; searches walk it with duorank's kernel (hnsw_graph.py), which reads
+USearch's saved form: on the same graph it returns what USearch's search returns, 2x faster. The search
+form is read on the first search after a change (O(n): an in-memory index is saved to a buffer that USearch
+then views, so the vectors stay held once); the next add or remove gives USearch a writable copy back.
+Searches of one index from several threads are serialised (the walk's visit tags are per index).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
+from .hnsw_graph import UsearchGraph
 from .index import Dtype
 from .validate import as_ids, as_k, as_vectors
 
@@ -77,6 +84,8 @@ class HnswIndex:
             expansion_search=int(expansion_search),
         )
         self._viewed = False
+        self._mapped: np.memmap[Any, np.dtype[np.uint8]] | None = None  # the file's bytes when viewed
+        self._graph: UsearchGraph | None = None  # the search form, None after each change
 
     def __len__(self) -> int:
         return len(self._index)
@@ -156,6 +165,7 @@ class HnswIndex:
         # usearch checks the callback's annotations as types; this module's are strings (future import)
         tick.__annotations__ = {"done": int, "total": int, "return": bool}
 
+        self._thaw()
         try:
             self._index.add(
                 new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
@@ -174,12 +184,14 @@ class HnswIndex:
             missing = drop[~known]
             raise ValueError(f"remove: {missing.size} unknown id(s), first {missing[:10].tolist()}")
         if drop.size:
+            self._thaw()
             self._index.remove(drop.astype(np.uint64))
 
     def search(self, queries: ArrayLike, k: int = 10, *, allowed: ArrayLike | None = None) -> Hits:
-        """Approximate top-k by cosine; with `allowed` (ids), oversample and post-filter, widening the search
-        until k allowed results are found; once the widening would read the whole graph (a very selective
-        filter), the allowed rows' stored vectors are scored exactly instead."""
+        """Approximate top-k by cosine: duorank's walk of the USearch graph (module docstring). With `allowed`
+        (ids), the walk returns only allowed nodes, and rows that still come back with fewer than
+        min(k, allowed) results, or filters so selective that the walk would read most of the graph, are
+        scored exactly over the allowed rows' stored vectors."""
         k = as_k(k)
         q = as_vectors(queries, self.dim, "queries", copy=True)
         norms = np.linalg.norm(q, axis=1, keepdims=True)
@@ -189,57 +201,70 @@ class HnswIndex:
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         if n == 0 or len(self) == 0:
             return Hits(ids, scores)
-        allow = None if allowed is None else np.unique(as_ids(allowed))
-        want = min(k, len(self)) if allow is None else min(k, int(allow.size))
+        graph = self._searchable()
+        ef = max(self.expansion_search, k)
+        if allowed is None:
+            got_ids, got = graph.search(q, k, ef, threads=self._threads())
+            return Hits(got_ids, got)
+        allow = graph.slots_of(np.unique(as_ids(allowed)))
+        want = min(k, int(allow.size))
         if want == 0:
             return Hits(ids, scores)
-        if allow is None:  # one call, no Python loop over rows
-            keys, dist, counts = self._raw(q, want)
-            filled = np.arange(keys.shape[1])[None, :] < counts[:, None]
-            ids[:, : keys.shape[1]] = np.where(filled, keys.astype(np.int64), -1)
-            scores[:, : keys.shape[1]] = np.where(filled, 1.0 - dist, -np.inf)
-            return Hits(ids, scores)
-        # Expect allow.size / len(self) of the candidates to pass the filter: oversample by its inverse.
-        count = min(len(self), max(4 * k, k + 32, int(2 * want * len(self) / allow.size)))
         todo = np.arange(n)
-        while todo.size and count < len(self):
-            keys, dist, counts = self._raw(q[todo], count)
-            unfinished = []
-            for r, row in enumerate(todo):
-                got_ids = keys[r, : counts[r]].astype(np.int64)
-                got = 1.0 - dist[r, : counts[r]]
-                keep = np.isin(got_ids, allow)
-                got_ids, got = got_ids[keep], got[keep]
-                if got_ids.size < want:
-                    unfinished.append(row)
-                    continue
-                m = min(k, got_ids.size)
-                ids[row, :m] = got_ids[:m]
-                scores[row, :m] = got[:m]
-            todo = np.array(unfinished, dtype=np.int64)
-            count = min(len(self), count * 4)
+        if allow.size > max(4 * ef, len(self) // 100):
+            got_ids, got = graph.search(q, k, ef, allowed=graph.keys[allow], threads=self._threads())
+            ids[:], scores[:] = got_ids, got
+            todo = np.flatnonzero((got_ids >= 0).sum(axis=1) < want)
         if todo.size:
-            # the widening reached the whole graph, where HNSW saves nothing and may miss a few allowed
-            # rows: score the allowed rows' stored vectors exactly instead
-            present = allow[self.contains(allow)]
-            get: Any = self._index.get  # its stub types dtype as str, but a str dtype returns a tuple
-            vecs = np.asarray(get(present, dtype=np.float32), dtype=np.float32).reshape(
-                present.size, self.dim
-            )
+            vecs = graph.x[allow].astype(np.float32)
+            if graph.scales.size:
+                vecs *= graph.scales[allow, None]
+            present = graph.keys[allow]
             for row in todo.tolist():
                 s = vecs @ q[row]
-                order = np.argsort(-s, kind="stable")[:k]  # ties: the smaller id first
+                order = np.lexsort((present, -s))[:k]  # ties: the smaller id first
+                ids[row] = -1
+                scores[row] = -np.inf
                 ids[row, : order.size] = present[order]
                 scores[row, : order.size] = s[order]
         return Hits(ids, scores)
 
-    def _raw(self, q: NDArray[np.float32], count: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-        # one row: no thread pool to wake (measured ~10% of a batch-1 search)
-        m = self._index.search(q, count, threads=1 if q.shape[0] == 1 else self.threads)
-        keys = np.atleast_2d(m.keys)
-        dist = np.atleast_2d(m.distances)
-        counts = np.atleast_1d(getattr(m, "counts", np.full(len(q), keys.shape[1])))
-        return keys, dist, counts
+    def _threads(self) -> int:
+        if self.threads:
+            return self.threads
+        import numba
+
+        return int(numba.get_num_threads())
+
+    def _searchable(self) -> UsearchGraph:
+        """The graph in search form: read once after each change (a mapped file is read in place; an
+        in-memory index is saved to a buffer that USearch then views, so the vectors are held once)."""
+        if self._graph is None:
+            if self._mapped is not None:
+                self._graph = UsearchGraph(self._mapped, self.dim, source=str(self._mapped.filename))
+            else:
+                buf = self._index.save()
+                assert buf is not None  # save() without a path returns the bytes
+                graph = UsearchGraph(np.frombuffer(buf, dtype=np.uint8), self.dim, source="HnswIndex")
+                self._index = self._restored(buf, view=True)
+                self._graph = graph
+        return self._graph
+
+    def _thaw(self) -> None:
+        """Before a change: an index frozen by _searchable gets its own, writable USearch copy back."""
+        if self._graph is not None and not self._viewed:
+            self._index = self._restored(self._graph.data, view=False)
+        self._graph = None
+
+    def _restored(self, data: Any, *, view: bool) -> Any:
+        from usearch.index import Index
+
+        index = Index.restore(data, view=view)
+        if index is None:
+            raise IndexFormatError("USearch could not read back the index it saved")
+        index.expansion_add = self.config["expansion_add"]  # type: ignore[misc]
+        index.expansion_search = self.config["expansion_search"]  # type: ignore[misc]
+        return index
 
     def recall_against(self, exact: Any, queries: ArrayLike, k: int = 10) -> float:
         """Mean recall@k of this index's results against exact search on the same vectors."""
@@ -315,4 +340,6 @@ class HnswIndex:
         index.expansion_search = self.config["expansion_search"]  # type: ignore[misc]
         self._index = index
         self._viewed = bool(mmap)
+        if mmap:  # mapped now, with USearch's view: a writer may replace the file before the first search
+            self._mapped = np.memmap(file, dtype=np.uint8, mode="r")
         return self

@@ -39,6 +39,7 @@ if "numba" in sys.modules:
     _numba_config.reload_config()
 
 from .dot import decode_rows, dot_gather
+from .hnsw import hnsw_parse, hnsw_search, hnsw_search_parallel
 from .normalize import normalize_rows
 from .quantize import quantize_rows_i8
 from .topk import (
@@ -52,6 +53,9 @@ from .topk import (
 __all__ = [
     "decode_rows",
     "dot_gather",
+    "hnsw_parse",
+    "hnsw_search",
+    "hnsw_search_parallel",
     "normalize_rows",
     "quantize_rows_i8",
     "topk_merge",

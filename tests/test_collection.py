@@ -262,7 +262,7 @@ def test_filters_exact_equal_brute_force_and_hnsw_recall(filtered, fraction):
         assert set(exact.ids[i].tolist()) == set(want.tolist())  # equal up to the order of exact ties
         assert all(int(t.split()[1]) in allowed for t in exact.texts[i])
     approx = c.search(q, k, where=where, strategy="hnsw")
-    assert approx.strategy == "hnsw-postfilter"
+    assert approx.strategy == "hnsw-filtered"
     for i in range(len(q)):
         got = approx.ids[i]
         assert (got >= 0).sum() == min(k, allowed.size), "fewer than k results though k allowed exist"
@@ -270,7 +270,7 @@ def test_filters_exact_equal_brute_force_and_hnsw_recall(filtered, fraction):
         hits += np.intersect1d(got, exact.ids[i]).size
     assert hits / (len(q) * min(k, allowed.size)) >= 0.95
     auto = c.search(q, k, where=where)
-    assert auto.strategy == ("exact-filtered" if allowed.size <= c.EXACT_MAX_ALLOWED else "hnsw-postfilter")
+    assert auto.strategy == ("exact-filtered" if allowed.size <= c.EXACT_MAX_ALLOWED else "hnsw-filtered")
 
 
 def test_filter_values_are_inert(filtered):

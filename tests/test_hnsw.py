@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from duorank import ExactIndex, IndexFormatError
 from duorank.hnsw import HnswIndex
@@ -146,3 +148,106 @@ def test_save_load_view_and_damage(tmp_path, data):
         HnswIndex.load(tmp_path / "ann")
     with pytest.raises(IndexFormatError, match=r"index\.json is missing"):
         HnswIndex.load(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------- the walk over USearch's saved graph
+@pytest.mark.parametrize(("dtype", "floor"), [("f32", 0.999), ("f16", 0.99), ("i8", 0.9)])
+def test_walk_returns_what_usearch_returns_on_the_same_graph(data, dtype, floor):
+    """Same graph, same algorithm: the ids of USearch's own search, the same cosines (i8: the kernel scores
+    the codes against the float query, USearch quantises the query too, so some neighbours differ; the
+    recall against exact search is no worse)."""
+    x, q, exact = data
+    h = HnswIndex(dim=48, dtype=dtype, expansion_search=64)
+    h.add(x)
+    ours = h.search(q, 10)
+    theirs = h._index.search(q, 10, threads=1)  # USearch's search over the same (now viewed) bytes
+    keys = np.atleast_2d(theirs.keys).astype(np.int64)
+    overlap = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(ours.ids, keys)])
+    assert overlap >= floor
+    truth = exact.search(q, 10).ids
+    recall = [
+        np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(got, truth)]) for got in (ours.ids, keys)
+    ]
+    assert recall[0] >= recall[1] - 0.005
+    if dtype == "f32":
+        np.testing.assert_allclose(ours.scores[:, 0], 1.0 - np.atleast_2d(theirs.distances)[:, 0], atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 120),
+    d=st.integers(2, 12),
+    k=st.integers(1, 15),
+    removed=st.integers(0, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_walk_is_exact_when_the_beam_covers_the_graph(n, d, k, removed, seed):
+    """With ef >= n the beam holds every reachable node: the answer is exact search's (scores to 1e-5),
+    removed nodes never come back, and k > n pads with (-1, -inf)."""
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, n, d)
+    q = unit_rows(rng, 3, d)
+    h = HnswIndex(dim=d, expansion_search=max(2, n + k))
+    ids = np.arange(n, dtype=np.int64) * 7 + 1
+    h.add(x, ids)
+    gone = ids[: min(removed, n - 1)]
+    if gone.size:
+        h.remove(gone)
+    keep = np.setdiff1d(np.arange(n), np.arange(gone.size))
+    got = h.search(q, k)
+    ref = (q.astype(np.float64) @ x[keep].T.astype(np.float64)).astype(np.float32)
+    truth = -np.sort(-ref, axis=1)[:, :k]
+    m = truth.shape[1]
+    np.testing.assert_allclose(got.scores[:, :m], truth, atol=1e-5)
+    assert not np.isin(got.ids, gone).any()
+    assert (got.ids[:, m:] == -1).all() and np.isneginf(got.scores[:, m:]).all()
+
+
+def test_search_after_changes_sees_them(rng):
+    """The search form is re-read after add and remove; an index searched (frozen) stays writable."""
+    x = unit_rows(rng, 400, 16)
+    h = HnswIndex(dim=16)
+    h.add(x[:200])
+    assert h.search(x[:3], 1).ids[:, 0].tolist() == [0, 1, 2]
+    h.add(x[200:], ids=np.arange(200, 400))
+    assert h.search(x[300:303], 1).ids[:, 0].tolist() == [300, 301, 302]
+    h.remove([300])
+    assert 300 not in h.search(x[300:301], 5).ids[0]
+    assert len(h) == 399
+
+
+def test_concurrent_searches_from_threads_agree(data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, q, _ = data
+    h = HnswIndex(dim=48, threads=2)
+    h.add(x)
+    alone = h.search(q, 10)
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda i: h.search(q[i % 2 :: 2], 10), range(8)))
+    for i, got in enumerate(runs):
+        np.testing.assert_array_equal(got.ids, alone.ids[i % 2 :: 2])
+
+
+def test_graph_reader_rejects_damaged_or_foreign_bytes(rng):
+    from usearch.index import Index
+
+    from duorank.hnsw_graph import UsearchGraph
+
+    x = unit_rows(rng, 300, 8)
+    ix = Index(ndim=8, metric="cos", dtype="f32")
+    ix.add(np.arange(300), x)
+    good = np.frombuffer(ix.save(), dtype=np.uint8)
+    assert len(UsearchGraph(good, 8, source="good")) == 300
+    with pytest.raises(IndexFormatError, match="no USearch head"):
+        UsearchGraph(good[:1000], 8, source="t")
+    with pytest.raises(IndexFormatError, match="node tape is truncated"):
+        UsearchGraph(good[:-50], 8, source="t")
+    with pytest.raises(IndexFormatError, match="no USearch head"):
+        UsearchGraph(np.zeros(5000, np.uint8), 8, source="t")
+    with pytest.raises(IndexFormatError, match=r"32 bytes a vector, expected 16 x 4"):
+        UsearchGraph(good, 16, source="t")
+    ip = Index(ndim=8, metric="ip", dtype="f32")
+    ip.add(np.arange(10), x[:10])
+    with pytest.raises(IndexFormatError, match=r"USearch kinds \(metric, scalar, key, slot\) = \(105"):
+        UsearchGraph(np.frombuffer(ip.save(), dtype=np.uint8), 8, source="t")

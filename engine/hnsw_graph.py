@@ -1,0 +1,180 @@
+"""A USearch HNSW graph read from its saved bytes, searched by duorank's Numba kernel (kernels/hnsw.py).
+
+USearch builds the graph (multi-threaded, its own file format, readable from C); searching it with USearch
+itself was 2-3x slower than hnswlib or FAISS at equal recall. This reads the saved form (a file mapped
+read-only, or the bytes of `Index.save()`) into flat arrays once: the vectors stay a view of those bytes,
+the neighbour lists become int32 matrices (about 4 x (1 + 2M) bytes a node on level 0). The walk is the
+same algorithm, so on the same graph it returns the same results as USearch's search; see kernels/hnsw.py
+for what makes it faster.
+
+Format (USearch v2, docs/format.md): a matrix block (u32 rows, u32 bytes per row, or both u64, then the
+rows), a 64-byte head (magic "usearch", version, metric/scalar/key/slot kinds, counts, dimensions), the
+graph header (u64 size, connectivity, base connectivity, max level, entry slot), an i16 level per node,
+then the node tape.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import IndexFormatError
+
+MAGIC = b"usearch"
+HEAD_BYTES = 64
+GRAPH_HEADER_BYTES = 40
+# scalar kinds in the head (usearch scalar_kind_t) -> the NumPy view the kernel reads
+SCALARS = {11: np.float32, 12: np.uint16, 23: np.int8}
+KEY_U64 = 14
+SLOT_U32 = 15
+METRIC_COS = ord("c")
+FREE_KEY = -1  # 2**64 - 1, USearch's key for a removed node, read as int64
+
+
+class UsearchGraph:
+    """search(queries, k, ef, allowed=None) -> (ids, scores) over a saved USearch cosine index."""
+
+    def __init__(self, data: NDArray[np.uint8], dim: int, *, source: str) -> None:
+        from duorank import kernels
+
+        self.data = data  # keeps the mapped file or the buffer alive: self.x is a view into it
+        b = data
+        rows = cols = width = 0
+        head = -1
+        for w in (4, 8):  # USearch writes 32-bit matrix dimensions unless they do not fit
+            if b.size < 2 * w:
+                break
+            r, c = (int(v) for v in b[: 2 * w].view(np.uint32 if w == 4 else np.uint64))
+            at = 2 * w + r * c
+            if at + HEAD_BYTES <= b.size and bytes(b[at : at + len(MAGIC)]) == MAGIC:
+                rows, cols, head, width = r, c, at, w
+                break
+        if head < 0:
+            raise IndexFormatError(
+                f"{source}: no USearch head after the vector matrix (truncated or foreign)"
+            )
+        metric, scalar, key_kind, slot_kind = (int(v) for v in b[head + 13 : head + 17])
+        dtype = SCALARS.get(scalar)
+        if metric != METRIC_COS or dtype is None or key_kind != KEY_U64 or slot_kind != SLOT_U32:
+            raise IndexFormatError(
+                f"{source}: USearch kinds (metric, scalar, key, slot) = "
+                f"{(metric, scalar, key_kind, slot_kind)}, expected cosine, scalars {sorted(SCALARS)}, "
+                "u64 keys and u32 slots"
+            )
+        itemsize = np.dtype(dtype).itemsize
+        if cols != dim * itemsize:
+            raise IndexFormatError(f"{source}: {cols} bytes a vector, expected {dim} x {itemsize}")
+        core = head + HEAD_BYTES
+        if core + GRAPH_HEADER_BYTES > b.size:
+            raise IndexFormatError(f"{source}: truncated in the graph header")
+        size, m, m0, top, entry = (int(v) for v in b[core : core + GRAPH_HEADER_BYTES].view(np.uint64))
+        lv = core + GRAPH_HEADER_BYTES
+        if size != rows or lv + 2 * size > b.size or not (0 <= entry < max(size, 1)) or m < 1 or m0 < 1:
+            raise IndexFormatError(
+                f"{source}: graph header (size {size}, connectivity {m}/{m0}, entry {entry}) does not match "
+                f"its {rows} vectors or the file size {b.size}"
+            )
+        levels = np.ascontiguousarray(b[lv : lv + 2 * size].view(np.int16))
+        if size and (levels.min() < 0 or levels.max() > top):
+            raise IndexFormatError(f"{source}: node levels outside 0..{top}")
+        self.x = b[2 * width : head].view(dtype).reshape(rows, dim)
+        self.nbr0 = np.empty((size, m0), np.int32)
+        self.cnt0 = np.empty(size, np.int32)
+        self.up_row = np.empty(size, np.int64)
+        n_up = int(levels.sum(dtype=np.int64))
+        self.nbr_up = np.empty((n_up, m), np.int32)
+        self.cnt_up = np.empty(n_up, np.int32)
+        keys = np.empty(size, np.uint64)
+        end = kernels.hnsw_parse(
+            np.ascontiguousarray(b),
+            lv + 2 * size,
+            levels,
+            self.nbr0,
+            self.cnt0,
+            self.up_row,
+            self.nbr_up,
+            self.cnt_up,
+            keys,
+        )
+        if end < 0 or (size and (self.nbr0.max(initial=0) >= size or self.nbr_up.max(initial=0) >= size)):
+            raise IndexFormatError(f"{source}: the node tape is truncated or names slots beyond {size}")
+        self.keys = keys.view(np.int64)
+        self.live = (self.keys != FREE_KEY).view(np.uint8)
+        self.order = np.argsort(self.keys, kind="stable")
+        self.entry = entry
+        self.top = top
+        if dtype is np.int8:  # cosine of the codes: divide by their norm
+            norms = np.sqrt(np.einsum("ij,ij->i", self.x, self.x, dtype=np.float32))
+            self.scales = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        else:
+            self.scales = np.zeros(0, np.float32)
+        self._scratch: dict[int, tuple[NDArray[np.uint32], NDArray[np.uint32]]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return int(self.live.sum())
+
+    def slots_of(self, ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Slots of the live nodes among ids (unknown and removed ids are dropped)."""
+        pos = np.searchsorted(self.keys, ids, sorter=self.order)
+        pos = np.minimum(pos, max(self.keys.size - 1, 0))
+        slots = self.order[pos] if self.keys.size else np.zeros(0, np.int64)
+        hit = (self.keys[slots] == ids) & (ids != FREE_KEY) if self.keys.size else np.zeros(0, bool)
+        return slots[hit]
+
+    def search(
+        self,
+        queries: NDArray[np.float32],
+        k: int,
+        ef: int,
+        *,
+        allowed: NDArray[np.int64] | None = None,
+        threads: int = 1,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Top-k (ids, scores) per row of normalised float32 queries, best first; (-1, -inf) pads rows where
+        fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0."""
+        from duorank import kernels
+
+        nq = queries.shape[0]
+        ids = np.full((nq, k), -1, np.int64)
+        scores = np.full((nq, k), -np.inf, np.float32)
+        if nq == 0 or self.keys.size == 0:
+            return ids, scores
+        if allowed is None:
+            mask = self.live
+        else:
+            mask = np.zeros(self.keys.size, np.uint8)
+            mask[self.slots_of(allowed)] = 1
+        nt = max(1, min(threads, nq))
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        with self._lock:  # the visit tags are per graph, not per call
+            seen, tags = self._visits(nt)
+            fn = kernels.hnsw_search if nt == 1 else kernels.hnsw_search_parallel
+            fn(
+                q,
+                self.x,
+                self.scales,
+                self.nbr0,
+                self.cnt0,
+                self.up_row,
+                self.nbr_up,
+                self.cnt_up,
+                self.keys,
+                self.entry,
+                self.top,
+                mask,
+                max(ef, k),
+                seen,
+                tags,
+                ids,
+                scores,
+            )
+        return ids, scores
+
+    def _visits(self, nt: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+        got = self._scratch.get(nt)
+        if got is None:
+            got = self._scratch[nt] = (np.zeros((nt, self.keys.size), np.uint32), np.zeros(nt, np.uint32))
+        return got
