@@ -197,24 +197,22 @@ class HnswIndex:
         norms = np.linalg.norm(q, axis=1, keepdims=True)
         np.divide(q, norms, out=q, where=norms > 0)
         n = q.shape[0]
-        ids = np.full((n, k), -1, dtype=np.int64)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
         if n == 0 or len(self) == 0:
-            return Hits(ids, scores)
+            return Hits(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
         graph = self._searchable()
         ef = max(self.expansion_search, k)
         if allowed is None:
-            got_ids, got = graph.search(q, k, ef, threads=self._threads())
-            return Hits(got_ids, got)
+            return Hits(*graph.search(q, k, ef, threads=self._threads()))
         allow = graph.slots_of(np.unique(as_ids(allowed)))
         want = min(k, int(allow.size))
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
         if want == 0:
             return Hits(ids, scores)
         todo = np.arange(n)
         if allow.size > max(4 * ef, len(self) // 100):
-            got_ids, got = graph.search(q, k, ef, allowed=graph.keys[allow], threads=self._threads())
-            ids[:], scores[:] = got_ids, got
-            todo = np.flatnonzero((got_ids >= 0).sum(axis=1) < want)
+            ids, scores = graph.search(q, k, ef, slots=allow, threads=self._threads())
+            todo = np.flatnonzero((ids >= 0).sum(axis=1) < want)
         if todo.size:
             vecs = graph.x[allow].astype(np.float32)
             if graph.scales.size:

@@ -34,7 +34,7 @@ FREE_KEY = -1  # 2**64 - 1, USearch's key for a removed node, read as int64
 
 
 class UsearchGraph:
-    """search(queries, k, ef, allowed=None) -> (ids, scores) over a saved USearch cosine index."""
+    """search(queries, k, ef, slots=None) -> (ids, scores) over a saved USearch cosine index."""
 
     def __init__(self, data: NDArray[np.uint8], dim: int, *, source: str) -> None:
         from duorank import kernels
@@ -130,11 +130,12 @@ class UsearchGraph:
         k: int,
         ef: int,
         *,
-        allowed: NDArray[np.int64] | None = None,
+        slots: NDArray[np.int64] | None = None,
         threads: int = 1,
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Top-k (ids, scores) per row of normalised float32 queries, best first; (-1, -inf) pads rows where
-        fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0."""
+        fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0; `slots` (from
+        slots_of) restricts the results to those nodes."""
         from duorank import kernels
 
         nq = queries.shape[0]
@@ -142,11 +143,11 @@ class UsearchGraph:
         scores = np.full((nq, k), -np.inf, np.float32)
         if nq == 0 or self.keys.size == 0:
             return ids, scores
-        if allowed is None:
+        if slots is None:
             mask = self.live
         else:
             mask = np.zeros(self.keys.size, np.uint8)
-            mask[self.slots_of(allowed)] = 1
+            mask[slots] = 1
         nt = max(1, min(threads, nq))
         q = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock:  # the visit tags are per graph, not per call
