@@ -32,7 +32,9 @@ def embedding_like(
     bases = rng.standard_normal((clusters, d, latent)).astype(np.float32) / np.sqrt(d)
     c = rng.integers(0, clusters, n)
     z = rng.standard_normal((n, latent)).astype(np.float32)
-    x = centres[c] + spread * np.einsum("ndl,nl->nd", bases[c], z)
+    x = centres[c]
+    for i in range(0, n, 8192):  # in blocks: bases[c] whole would take n x d x latent floats
+        x[i : i + 8192] += spread * np.einsum("ndl,nl->nd", bases[c[i : i + 8192]], z[i : i + 8192])
     x += 0.02 / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
