@@ -26,7 +26,7 @@ from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
 from .hnsw_graph import UsearchGraph
-from .index import Dtype
+from .index import Dtype, _kernels
 from .validate import as_ids, as_k, as_vectors
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,8 @@ class HnswIndex:
         scored exactly over the allowed rows' stored vectors."""
         k = as_k(k)
         q = as_vectors(queries, self.dim, "queries", copy=True)
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        np.divide(q, norms, out=q, where=norms > 0)
         n = q.shape[0]
+        _kernels().normalize_rows(q, np.empty(n, np.float32))
         if n == 0 or len(self) == 0:
             return Hits(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
         graph = self._searchable()

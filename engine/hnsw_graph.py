@@ -39,6 +39,7 @@ class UsearchGraph:
     def __init__(self, data: NDArray[np.uint8], dim: int, *, source: str) -> None:
         from duorank import kernels
 
+        self._kernels = kernels
         self.data = data  # keeps the mapped file or the buffer alive: self.x is a view into it
         b = data
         rows = cols = width = 0
@@ -136,8 +137,6 @@ class UsearchGraph:
         """Top-k (ids, scores) per row of normalised float32 queries, best first; (-1, -inf) pads rows where
         fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0; `slots` (from
         slots_of) restricts the results to those nodes."""
-        from duorank import kernels
-
         nq = queries.shape[0]
         ids = np.full((nq, k), -1, np.int64)
         scores = np.full((nq, k), -np.inf, np.float32)
@@ -152,7 +151,7 @@ class UsearchGraph:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock:  # the visit tags are per graph, not per call
             seen, tags = self._visits(nt)
-            fn = kernels.hnsw_search if nt == 1 else kernels.hnsw_search_parallel
+            fn = self._kernels.hnsw_search if nt == 1 else self._kernels.hnsw_search_parallel
             fn(
                 q,
                 self.x,
