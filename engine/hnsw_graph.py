@@ -111,6 +111,17 @@ class UsearchGraph:
             self.scales = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         else:
             self.scales = np.zeros(0, np.float32)
+        # what the kernel reads, in its order (kernels/hnsw.py)
+        self.arrays = (
+            self.x,
+            self.scales,
+            self.nbr0,
+            self.cnt0,
+            self.up_row,
+            self.nbr_up,
+            self.cnt_up,
+            self.keys,
+        )
         self._scratch: dict[int, tuple[NDArray[np.uint32], NDArray[np.uint32]]] = {}
         self._lock = threading.Lock()
 
@@ -152,25 +163,7 @@ class UsearchGraph:
         with self._lock:  # the visit tags are per graph, not per call
             seen, tags = self._visits(nt)
             fn = self._kernels.hnsw_search if nt == 1 else self._kernels.hnsw_search_parallel
-            fn(
-                q,
-                self.x,
-                self.scales,
-                self.nbr0,
-                self.cnt0,
-                self.up_row,
-                self.nbr_up,
-                self.cnt_up,
-                self.keys,
-                self.entry,
-                self.top,
-                mask,
-                max(ef, k),
-                seen,
-                tags,
-                ids,
-                scores,
-            )
+            fn(q, self.arrays, self.entry, self.top, mask, max(ef, k), seen, tags, ids, scores)
         return ids, scores
 
     def _visits(self, nt: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:

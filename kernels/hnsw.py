@@ -138,8 +138,10 @@ def hnsw_parse(tape, start, levels, nbr0, cnt0, up_row, nbr_up, cnt_up, keys):  
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _walk(q, x, scales, nbr0, cnt0, up_row, nbr_up, cnt_up, entry, top, mask, ef, seen, tag, cd, ci, rd, ri):  # type: ignore[no-untyped-def]
-    """One query: returns the size of the result heap rd/ri (min-heap of scores, at most ef allowed nodes)."""
+def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-untyped-def]
+    """One query: returns the size of the result heap (min-heap of scores, at most ef allowed nodes)."""
+    x, scales, nbr0, cnt0, up_row, nbr_up, cnt_up, _ = graph
+    cd, ci, rd, ri = heaps
     cur = entry
     best = row_dot(q, x, cur, scales)
     for lvl in range(top, 0, -1):  # greedy descent: move to the best neighbour until none is better
@@ -185,59 +187,19 @@ def _walk(q, x, scales, nbr0, cnt0, up_row, nbr_up, cnt_up, entry, top, mask, ef
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _search_rows(
-    queries,
-    lo,
-    hi,
-    x,
-    scales,
-    nbr0,
-    cnt0,
-    up_row,
-    nbr_up,
-    cnt_up,
-    keys,
-    entry,
-    top,
-    mask,
-    ef,
-    seen,
-    tags,
-    t,
-    out_ids,
-    out_scores,
-):  # type: ignore[no-untyped-def]
+def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, out_ids, out_scores):  # type: ignore[no-untyped-def]
+    keys = graph[7]
     k = out_ids.shape[1]
-    n = x.shape[0]
-    cd = np.empty(n + 1, np.float32)
-    ci = np.empty(n + 1, np.int32)
+    n = keys.shape[0]
     rd = np.empty(ef + 1, np.float32)
     ri = np.empty(ef + 1, np.int32)
+    heaps = (np.empty(n + 1, np.float32), np.empty(n + 1, np.int32), rd, ri)
     for q in range(lo, hi):
         if tags[t] == np.uint32(0xFFFFFFFF):  # the visit tags wrap: start a clean slate
             seen[:] = 0
             tags[t] = 0
         tags[t] += np.uint32(1)
-        nr = _walk(
-            queries[q],
-            x,
-            scales,
-            nbr0,
-            cnt0,
-            up_row,
-            nbr_up,
-            cnt_up,
-            entry,
-            top,
-            mask,
-            ef,
-            seen,
-            tags[t],
-            cd,
-            ci,
-            rd,
-            ri,
-        )
+        nr = _walk(queries[q], graph, entry, top, mask, ef, seen, tags[t], heaps)
         for j in range(k):
             out_ids[q, j] = -1
             out_scores[q, j] = -np.inf
@@ -252,75 +214,23 @@ def _search_rows(
 
 # Compiled on first use, not at import (unlike the other kernels): the tape and vectors are often a
 # read-only memory map, a separate Numba type for each array, too many signatures to build up front.
+# `graph` is the tuple (x, scales, nbr0, cnt0, up_row, nbr_up, cnt_up, keys): the stored rows (float32,
+# float16 bits or int8 codes), per-row scales (int8: 1 / norm of the codes; else empty), the level-0 lists
+# and counts, each node's first upper-level row, the upper-level lists and counts, and the int64 ids.
 
 
 @nb.njit(cache=True, nogil=True)
-def hnsw_search(
-    queries,
-    x,
-    scales,
-    nbr0,
-    cnt0,
-    up_row,
-    nbr_up,
-    cnt_up,
-    keys,
-    entry,
-    top,
-    mask,
-    ef,
-    seen,
-    tags,
-    out_ids,
-    out_scores,
-):  # type: ignore[no-untyped-def]
+def hnsw_search(queries, graph, entry, top, mask, ef, seen, tags, out_ids, out_scores):  # type: ignore[no-untyped-def]
     """Serial top-k (k = out_ids.shape[1] <= ef) per query, best first; (-1, -inf) where fewer than k
     allowed nodes were found. seen (one row, n uint32 visit tags) and tags (its counter) carry over between
     calls, so no call clears an n-sized array."""
     _search_rows(
-        queries,
-        0,
-        queries.shape[0],
-        x,
-        scales,
-        nbr0,
-        cnt0,
-        up_row,
-        nbr_up,
-        cnt_up,
-        keys,
-        entry,
-        top,
-        mask,
-        ef,
-        seen[0],
-        tags,
-        0,
-        out_ids,
-        out_scores,
+        queries, 0, queries.shape[0], graph, entry, top, mask, ef, seen[0], tags, 0, out_ids, out_scores
     )
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def hnsw_search_parallel(
-    queries,
-    x,
-    scales,
-    nbr0,
-    cnt0,
-    up_row,
-    nbr_up,
-    cnt_up,
-    keys,
-    entry,
-    top,
-    mask,
-    ef,
-    seen,
-    tags,
-    out_ids,
-    out_scores,
-):  # type: ignore[no-untyped-def]
+def hnsw_search_parallel(queries, graph, entry, top, mask, ef, seen, tags, out_ids, out_scores):  # type: ignore[no-untyped-def]
     """hnsw_search with the queries split seen.shape[0] ways (one visit-tag row and counter per part)."""
     nt = seen.shape[0]
     nq = queries.shape[0]
@@ -329,25 +239,4 @@ def hnsw_search_parallel(
         lo = t * step
         hi = min(nq, lo + step)
         if lo < hi:
-            _search_rows(
-                queries,
-                lo,
-                hi,
-                x,
-                scales,
-                nbr0,
-                cnt0,
-                up_row,
-                nbr_up,
-                cnt_up,
-                keys,
-                entry,
-                top,
-                mask,
-                ef,
-                seen[t],
-                tags,
-                t,
-                out_ids,
-                out_scores,
-            )
+            _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen[t], tags, t, out_ids, out_scores)

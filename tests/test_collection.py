@@ -378,6 +378,8 @@ READER = DOC + textwrap.dedent(
         c.close()
         sizes.add(n)
         loops += 1
+        if loops == 1:  # warm (kernels compiled or loaded from the cache): the writer may start
+            open(f"{stop}.ready.{os.getpid()}", "w").close()
     print(loops, sorted(sizes))
     """
 )
@@ -397,7 +399,10 @@ def test_readers_see_whole_snapshots_while_a_writer_saves(tmp_path):
         )
         for _ in range(4)
     ]
-    time.sleep(1.5)  # readers running
+    deadline = time.monotonic() + 120  # a cold Numba cache compiles the search kernels in each reader
+    while len(list(tmp_path.glob("stop.ready.*"))) < len(readers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # readers running
     with Collection.open(folder, "a") as c:
         for _ in range(10):
             c.add(*batch(len(c), 20, DIM))
