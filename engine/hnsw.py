@@ -327,8 +327,16 @@ class HnswIndex:
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{folder}: the manifest has invalid HNSW fields: {e}") from e
         file = checked_file(folder, man, "ann", verify=verify)
+        mapped = None
         try:
-            index = Index.restore(str(file), view=mmap)
+            # mmap: map the file once and let USearch view that mapping, so both read the same generation
+            # even if a writer replaces the file meanwhile (a second open by path could find it gone)
+            mapped = np.memmap(file, dtype=np.uint8, mode="r") if mmap else None
+        except OSError as e:  # removed by a writer's save since checked_file: the caller may retry
+            raise IndexFormatError(f"{file} could not be mapped ({e})") from e
+        try:
+            source: Any = mapped if mapped is not None else str(file)  # USearch takes any buffer
+            index = Index.restore(source, view=mmap)
         except Exception as e:  # usearch raises RuntimeError / ValueError on damaged files
             raise IndexFormatError(f"{file} is not a readable USearch index ({e})") from e
         if index is None or index.ndim != self.dim or len(index) != count:
@@ -337,6 +345,5 @@ class HnswIndex:
         index.expansion_search = self.config["expansion_search"]  # type: ignore[misc]
         self._index = index
         self._viewed = bool(mmap)
-        if mmap:  # mapped now, with USearch's view: a writer may replace the file before the first search
-            self._mapped = np.memmap(file, dtype=np.uint8, mode="r")
+        self._mapped = mapped
         return self
