@@ -98,6 +98,17 @@ def _u32(b, o):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
+def _read_list(tape, o, row):  # type: ignore[no-untyped-def]
+    """Read a u32 count and row.shape[0] u32 slots at byte o into row; the count, or -1 if it overflows."""
+    c = _u32(tape, o)
+    if c > row.shape[0]:
+        return -1
+    for j in range(row.shape[0]):
+        row[j] = _u32(tape, o + 4 + 4 * j)
+    return c
+
+
+@nb.njit(cache=True, nogil=True)
 def hnsw_parse(tape, start, levels, nbr0, cnt0, up_row, nbr_up, cnt_up, keys):  # type: ignore[no-untyped-def]
     """Read USearch's node tape from byte `start`: per node a u64 key, an i16 level, then for each level
     0..level a u32 count and the u32 neighbour slots (nbr0.shape[1] on level 0, nbr_up.shape[1] above).
@@ -117,21 +128,15 @@ def hnsw_parse(tape, start, levels, nbr0, cnt0, up_row, nbr_up, cnt_up, keys):  
             k |= np.uint64(tape[o + t]) << np.uint64(8 * t)
         keys[i] = k
         o += 10
-        c = _u32(tape, o)
-        if c > m0:
+        cnt0[i] = _read_list(tape, o, nbr0[i])
+        if cnt0[i] < 0:
             return -1
-        cnt0[i] = c
-        for j in range(m0):
-            nbr0[i, j] = _u32(tape, o + 4 + 4 * j)
         o += 4 * (1 + m0)
         up_row[i] = r
         for _ in range(lvl):
-            c = _u32(tape, o)
-            if c > m:
+            cnt_up[r] = _read_list(tape, o, nbr_up[r])
+            if cnt_up[r] < 0:
                 return -1
-            cnt_up[r] = c
-            for j in range(m):
-                nbr_up[r, j] = _u32(tape, o + 4 + 4 * j)
             o += 4 * (1 + m)
             r += 1
     return o
