@@ -213,9 +213,7 @@ class HnswIndex:
             ids, scores = graph.search(q, k, ef, slots=allow, threads=self._threads())
             todo = np.flatnonzero((ids >= 0).sum(axis=1) < want)
         if todo.size:
-            vecs = graph.x[allow].astype(np.float32)
-            if graph.scales.size:
-                vecs *= graph.scales[allow, None]
+            vecs = graph.rows(allow)
             present = graph.keys[allow]
             for row in todo.tolist():
                 s = vecs @ q[row]

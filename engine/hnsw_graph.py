@@ -128,6 +128,14 @@ class UsearchGraph:
     def __len__(self) -> int:
         return int(self.live.sum())
 
+    def rows(self, slots: NDArray[np.int64]) -> NDArray[np.float32]:
+        """The stored vectors of these slots as float32 (f16 bits decoded, i8 codes times their scale)."""
+        x = self.x[slots]
+        out = (x.view(np.float16) if x.dtype == np.uint16 else x).astype(np.float32)
+        if self.scales.size:
+            out *= self.scales[slots, None]
+        return out
+
     def slots_of(self, ids: NDArray[np.int64]) -> NDArray[np.int64]:
         """Slots of the live nodes among ids (unknown and removed ids are dropped)."""
         pos = np.searchsorted(self.keys, ids, sorter=self.order)

@@ -252,3 +252,17 @@ def test_graph_reader_rejects_damaged_or_foreign_bytes(rng):
     ip.add(np.arange(10), x[:10])
     with pytest.raises(IndexFormatError, match=r"USearch kinds \(metric, scalar, key, slot\) = \(105"):
         UsearchGraph(np.frombuffer(ip.save(), dtype=np.uint8), 8, source="t")
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("f32", 1e-5), ("f16", 2e-3), ("i8", 3e-2)])
+def test_selective_filter_scores_stored_rows_exactly(rng, dtype, tol):
+    """A filter of a few ids is answered from the stored rows: decoded per dtype (f16 bits, i8 codes)."""
+    x = unit_rows(rng, 3000, 16)
+    h = HnswIndex(dim=16, dtype=dtype)
+    h.add(x)
+    exact = ExactIndex(dim=16)
+    exact.add(x)
+    allow = [1, 2, 3, 10, 20]
+    got, truth = h.search(x[:5], 5, allowed=allow), exact.search(x[:5], 5, allowed=allow)
+    np.testing.assert_array_equal(np.sort(got.ids, axis=1), np.sort(truth.ids, axis=1))
+    np.testing.assert_allclose(np.sort(got.scores, axis=1), np.sort(truth.scores, axis=1), atol=tol)
