@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         action="append",
         metavar="BEIR",
-        help="BEIR folder or zip with qrels/<split>.tsv; repeat to train on a mixture",
+        help="BEIR folder or zip with qrels/<split>.tsv; repeat to train on a mixture; or one "
+        "FILE.json.gz of prepare-training",
     )
     tr.add_argument(
         "--python-docs",
@@ -143,9 +144,46 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-queries", type=int, help="train on the first N queries only (quick runs)")
     tr.add_argument("--max-steps", type=int, help="stop after N steps")
-    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with native bf16 only)")
+    tr.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs, CPUs with native bf16)")
     tr.add_argument("--int8", action="store_true", help="add the int8 variant (checked on the dev queries)")
     tr.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    tr.add_argument(
+        "--distill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mix in N sentence pairs scored by the embedder (keeps graded similarity)",
+    )
+    tr.add_argument("--distill-weight", type=float, default=1.0, help="weight of that loss (default: 1)")
+    tr.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train")
+    tr.add_argument(
+        "--no-export",
+        action="store_true",
+        help="write the trained checkpoint (+ duorank-train.json) instead of a model folder; "
+        "`duorank models export` it later",
+    )
+    pt = msub.add_parser(
+        "prepare-training",
+        help="compute a reranker's training set (splits, negatives, distillation pairs) into one file",
+        description="Everything train-reranker computes before its first step, in one gzip JSON file: "
+        "per dataset the seeded train/dev split, negatives mined from the first stages, the dev queries' "
+        "candidate lists, and --distill pairs scored by the embedder. Training from it (train-reranker "
+        "--data FILE.json.gz) needs only torch and transformers: prepare here, train on a GPU machine.",
+        epilog="example:\n  duorank models prepare-training --data ../shared/data/scifact --python-docs 200"
+        " --distill 16000 --out set.json.gz\n  duorank models train-reranker --data set.json.gz "
+        "--device cuda --bf16 --no-export --out ./ckpt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pt.add_argument("--data", required=True, action="append", metavar="BEIR", help="repeat for several")
+    pt.add_argument("--split", default="train")
+    pt.add_argument("--python-docs", type=int, default=0, metavar="N")
+    pt.add_argument("--distill", type=int, default=0, metavar="N")
+    pt.add_argument("--negatives", type=int, default=50)
+    pt.add_argument("--sources", default="dense,bm25")
+    pt.add_argument("--dev-fraction", type=float, default=0.135)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--max-queries", type=int)
+    pt.add_argument("--out", required=True, metavar="FILE.json.gz")
     ev = sub.add_parser(
         "eval",
         help="measure retrieval, rerank, STS, clustering, classification on labelled data",
@@ -648,9 +686,28 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         choice = choose_defaults(args.folder, args.data, split=args.split, config=cfg)
         print(json.dumps({k: v for k, v in choice.items() if k != "grid"}))
         return 0
+    if args.models_command == "prepare-training":
+        from .models_export.train import TrainConfig, prepare_training, save_prepared
+
+        if not args.out.endswith(".json.gz"):
+            parser.error(f"--out {args.out!r}: expected a name ending in .json.gz")
+        cfg = TrainConfig(
+            negatives=args.negatives,
+            sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
+            dev_fraction=args.dev_fraction,
+            seed=args.seed,
+            max_queries=args.max_queries,
+            python_docs=args.python_docs,
+            distill=args.distill,
+        )
+        print(save_prepared(prepare_training(args.data, split=args.split, config=cfg), args.out))
+        return 0
     if args.models_command == "train-reranker":
         from .models_export.builtin import weights_folder
-        from .models_export.train import TrainConfig, train_reranker
+        from .models_export.train import TrainConfig, is_prepared, train_reranker
+
+        if any(is_prepared(d) for d in args.data) and len(args.data) > 1:
+            parser.error("--data FILE.json.gz (a prepared training set) goes alone")
 
         config = TrainConfig(
             epochs=args.epochs,
@@ -667,10 +724,20 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             bf16=args.bf16,
             python_docs=args.python_docs,
             int8=args.int8,
+            distill=args.distill,
+            distill_weight=args.distill_weight,
+            device=args.device,
         )
         base = args.base or weights_folder("default")[0]
+        data = args.data[0] if is_prepared(args.data[0]) else args.data
         report = train_reranker(
-            base, args.data, args.out, split=args.split, config=config, overwrite=args.force
+            base,
+            data,
+            args.out,
+            split=args.split,
+            config=config,
+            overwrite=args.force,
+            export_onnx=not args.no_export,
         )
         print(report.out)
         log.warning(
@@ -683,7 +750,8 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         return 0
     parser.error(
-        "models: choose a SUBCOMMAND: list, export, quantize, train-reranker or choose-blend "
+        "models: choose a SUBCOMMAND: list, export, quantize, prepare-training, train-reranker or "
+        "choose-blend "
         "(see duorank models --help)"
     )
     return 2

@@ -12,6 +12,7 @@ torch / transformers / optimum are imported only here, lazily, with an install h
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -83,6 +84,10 @@ def export(
         raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
     t0 = time.perf_counter()
     folder, source_meta = local_source(source, revision)
+    trained = folder / "duorank-train.json"  # a checkpoint of train_reranker(export_onnx=False)
+    from_training = provenance is None and trained.is_file()
+    if from_training:
+        provenance = json.loads(trained.read_text(encoding="utf-8"))
     kind = kind or hf_config.detect_kind(folder)
     if kind not in ("embedder", "reranker"):
         raise ValueError(f"kind {kind!r}, expected 'embedder' or 'reranker'")
@@ -175,7 +180,12 @@ def export(
         variants["int8"]["retrieval"] = check
         if not check.get("passed"):
             raise parity.ParityError(f"int8 variant of {source} fails the retrieval gate: {check}")
-    return write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
+    written = write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
+    if from_training and kind == "reranker" and provenance and "dev_choice" in provenance:
+        from .train import _record_defaults
+
+        _record_defaults(written, provenance["dev_choice"])  # the blend and depth chosen in training
+    return written
 
 
 def add_int8(

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast (fast only on CPUs with native bf16: AVX-512 BF16 / AMX)
     python_docs: int = 0  # pseudo-queries from this machine's Python docs mixed in (domain robustness)
     int8: bool = False  # add the int8 variant (gate: parity + nDCG@10 on the dev queries within 1 point)
+    distill: int = 0  # sentence pairs scored by the embedder mixed in (graded similarity; see distill.py)
+    distill_weight: float = 1.0  # weight of the distillation loss (1 - Pearson) next to the ranking loss
+    distill_batch: int = 32  # distillation pairs per step
+    device: str = "cpu"  # "cuda": train on a GPU (bf16 autocast is native there)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.group_size or self.group_size < 2:
@@ -64,6 +68,13 @@ class TrainConfig:
             raise ValueError(f"dev_fraction {self.dev_fraction}: expected 0 < f < 1")
         if self.python_docs < 0:
             raise ValueError(f"python_docs {self.python_docs}: expected >= 0")
+        if self.distill < 0 or self.distill_weight < 0 or self.distill_batch < 2:
+            raise ValueError(
+                f"distill {self.distill}, distill_weight {self.distill_weight}, distill_batch "
+                f"{self.distill_batch}: expected pairs >= 0, weight >= 0, batch >= 2"
+            )
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r}: expected 'cpu' or 'cuda'")
         unknown = set(self.sources) - {"dense", "bm25"}
         if unknown or not self.sources:
             raise ValueError(f"sources {self.sources}: expected some of ('dense', 'bm25')")
@@ -152,6 +163,147 @@ def _prepare(ds: Any, cfg: TrainConfig) -> _Part:
     return _Part(ds, train_q, dev_q, runs, scores, negatives)
 
 
+# TrainConfig fields that decide what `prepare_training` computes; a prepared file carries its own
+PREPARATION = (
+    "sources", "negatives", "depths", "dev_depth", "dev_fraction", "seed", "max_queries", "python_docs",
+    "distill",
+)  # fmt: skip
+FORMAT = "duorank-training-set/1"
+
+
+@dataclass
+class Prepared:
+    """Everything training reads besides the base model: per dataset the query split, mined negatives and
+    the dev queries' first-stage lists; the distillation pairs. Computing it needs the engine (embedder,
+    BM25); training from it needs only torch, so it can be made here and trained on a GPU machine."""
+
+    parts: list[_Part]
+    distill_train: list[Any]
+    distill_dev: list[Any]
+    config: dict[str, Any]  # the PREPARATION fields it was made with
+    data: list[str]
+    split: str
+
+
+def prepare_training(
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    split: str = "train",
+    config: TrainConfig | None = None,
+) -> Prepared:
+    """Split, first-stage lists, negatives (and `config.distill` teacher-scored pairs) of the BEIR
+    dataset(s) `data` plus `config.python_docs` Python-docs pseudo-queries."""
+    cfg = config or TrainConfig()
+    if split == "test":
+        raise ValueError("the test split is never training data: train on 'train' (or your own split)")
+    sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
+    distill_train: list[Any] = []
+    distill_dev: list[Any] = []
+    if cfg.distill:
+        from .distill import teacher_pairs
+
+        texts = [t for p in parts for t in p.ds.corpus.values()]
+        texts += [p.ds.queries[q] for p in parts for q in p.train_q]
+        distill_train, distill_dev = teacher_pairs(texts, cfg.distill, seed=cfg.seed)
+    return Prepared(
+        parts,
+        distill_train,
+        distill_dev,
+        {k: getattr(cfg, k) for k in PREPARATION},
+        [str(Path(d).resolve()) for d in sources],
+        split,
+    )
+
+
+def save_prepared(prep: Prepared, path: str | os.PathLike[str]) -> Path:
+    """Write `prep` as gzip JSON (atomically: temp file + rename). Only the documents training reads are
+    kept: positives and negatives of the training queries, the dev queries' candidates."""
+    import gzip
+    import json
+
+    parts = []
+    for p in prep.parts:
+        dev = set(p.dev_q)
+        runs = {s: {q: r for q, r in run.items() if q in dev} for s, run in p.runs.items()}
+        scores = {s: {q: v for q, v in sc.items() if q in dev} for s, sc in p.scores.items()}
+        queries = [*p.train_q, *p.dev_q]
+        needed = {d for q in p.train_q for d, g in p.ds.qrels[q].items() if g > 0}
+        needed |= {d for q in p.train_q for d in p.negatives.get(q, ())}
+        needed |= {d for run in runs.values() for r in run.values() for d in r}
+        parts.append(
+            {
+                "name": p.ds.name,
+                "corpus": {d: t for d, t in p.ds.corpus.items() if d in needed},
+                "queries": {q: p.ds.queries[q] for q in queries},
+                "qrels": {q: p.ds.qrels[q] for q in queries},
+                "train_q": p.train_q,
+                "dev_q": p.dev_q,
+                "runs": runs,
+                "scores": scores,
+                "negatives": {q: p.negatives[q] for q in p.train_q if q in p.negatives},
+            }
+        )
+    doc = {
+        "format": FORMAT,
+        "split": prep.split,
+        "data": prep.data,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in prep.config.items()},
+        "parts": parts,
+        "distill": {
+            "train": [[x.a, x.b, x.teacher] for x in prep.distill_train],
+            "dev": [[x.a, x.b, x.teacher] for x in prep.distill_dev],
+        },
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        json.dump(doc, f)
+    tmp.replace(path)
+    return path
+
+
+def load_prepared(path: str | os.PathLike[str]) -> Prepared:
+    """Read a file of `save_prepared`; a foreign, damaged or test-split file raises ValueError."""
+    import gzip
+    import json
+
+    from duorank.eval.datasets import Dataset
+
+    from .distill import Pair
+
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}")
+        if doc["split"] == "test":
+            raise ValueError("it was made from the test split, which is never training data")
+        parts = [
+            _Part(
+                Dataset(p["name"], p["corpus"], {}, p["queries"], p["qrels"], doc["split"]),
+                p["train_q"],
+                p["dev_q"],
+                p["runs"],
+                p["scores"],
+                p["negatives"],
+            )
+            for p in doc["parts"]
+        ]
+        pairs = {k: [Pair(a, b, float(t)) for a, b, t in v] for k, v in doc["distill"].items()}
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["config"].items()}
+        if set(config) != set(PREPARATION):
+            raise ValueError(f"config fields {sorted(config)}, expected {sorted(PREPARATION)}")
+    except (OSError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a usable prepared training set ({FORMAT}): {e}") from e
+    return Prepared(parts, pairs["train"], pairs["dev"], config, doc["data"], doc["split"])
+
+
+def is_prepared(data: Any) -> bool:
+    """Whether `data` names a prepared training set (a .json.gz file) rather than BEIR data."""
+    return isinstance(data, (str, os.PathLike)) and str(data).endswith(".json.gz")
+
+
 @dataclass
 class TrainReport:
     out: Path
@@ -174,24 +326,38 @@ def train_reranker(
     progress: bool | None = None,
     overwrite: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    export_onnx: bool = True,
 ) -> TrainReport:
     """Train on `split` of the BEIR dataset(s) `data` (plus `config.python_docs` pseudo-queries from the
     Python docs) from the encoder folder `base`; export to `out`. Each dataset is split into train and dev
-    on its own; the dev figures are the mean over datasets, so a small domain counts as much as a big one."""
+    on its own; the dev figures are the mean over datasets, so a small domain counts as much as a big one.
+
+    `data` may instead be a prepared training set (`prepare_training` + `save_prepared`, a .json.gz file):
+    then its preparation options replace `config`'s. With `export_onnx=False`, `out` is the trained
+    Hugging Face checkpoint plus `duorank-train.json` (provenance and dev choice), which `export` reads:
+    train on a GPU machine, export and quantise elsewhere."""
     cfg = config or TrainConfig()
     if split == "test":
         raise ValueError("the test split is never training data: train on 'train' (or your own split)")
+    if cfg.int8 and not export_onnx:
+        raise ValueError("int8 needs the ONNX export: drop int8 or keep export_onnx")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (overwrite=True / --force to replace it)")
     torch = require("torch", "torch")
     transformers = require("transformers", "transformers")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda': this torch sees no CUDA GPU (use device='cpu')")
+    device = torch.device(cfg.device)
 
     t0 = time.perf_counter()
     _seed_everything(torch, cfg.seed)
-    sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    datasets = _datasets(data, split, cfg)
-    parts = [_prepare(ds, cfg) for ds in datasets]
+    if isinstance(data, (str, os.PathLike)) and is_prepared(data):
+        prep = load_prepared(data)
+    else:
+        prep = prepare_training(data, split=split, config=cfg)
+    cfg = replace(cfg, **prep.config)
+    parts = prep.parts
     examples = [
         (p, q, d)
         for p, part in enumerate(parts)
@@ -202,14 +368,17 @@ def train_reranker(
     if not examples:
         raise ValueError(f"{data}: no training query has both a positive and a mined negative")
     log.info(
-        "training on %d (query, positive) pairs of %s; dev %s queries",
+        "training on %d (query, positive) pairs of %s; dev %s queries; %d distillation pairs; %s",
         len(examples),
         ", ".join(f"{len(p.train_q)} {p.ds.name} queries" for p in parts),
         " + ".join(str(len(p.dev_q)) for p in parts),
+        len(prep.distill_train),
+        cfg.device,
     )
 
     tok = transformers.AutoTokenizer.from_pretrained(str(base))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    model.to(device)
     model.train()
     groups_per_step = cfg.batch_size // cfg.group_size
     steps_per_epoch = math.ceil(len(examples) / groups_per_step)
@@ -226,6 +395,8 @@ def train_reranker(
     )
     sched = transformers.get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)
     rng = random.Random(cfg.seed)
+    distill_rng = random.Random(cfg.seed + 1)
+    distilling = bool(prep.distill_train) and cfg.distill_weight > 0
     report = TrainReport(out=out, steps=0)
     best = -1.0
     work = Path(tempfile.mkdtemp(prefix="duorank-train-"))
@@ -251,6 +422,13 @@ def train_reranker(
                         negs = rng.sample(pool, k) if len(pool) >= k else [rng.choice(pool) for _ in range(k)]
                         pairs += [(ds.queries[q], ds.corpus[d]) for d in [pos, *negs]]
                     loss = _group_loss(torch, model, tok, pairs, len(batch), cfg)
+                    shown = {"loss": f"{float(loss.detach()):.3f}"}
+                    if distilling:
+                        n = min(cfg.distill_batch, len(prep.distill_train))
+                        chosen = distill_rng.sample(prep.distill_train, n)
+                        d_loss = _distill_loss(torch, model, tok, chosen, cfg)
+                        loss = loss + cfg.distill_weight * d_loss
+                        shown["distill"] = f"{float(d_loss.detach()):.3f}"
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -262,7 +440,7 @@ def train_reranker(
                         on_step(report.steps, report.losses[-1])
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{report.losses[-1]:.3f}", epoch=epoch + 1)
+                        bar.set_postfix(**shown, epoch=epoch + 1)
                 per = {
                     p.ds.name: _dev_ndcg(
                         torch, model, tok, p.ds, p.dev_q, p.runs[cfg.sources[0]], cfg.dev_depth, cfg
@@ -270,15 +448,25 @@ def train_reranker(
                     for p in parts
                 }
                 score = float(np.mean(list(per.values())))
-                report.dev_curve.append(
-                    {"epoch": epoch + 1, "step": report.steps, "dev_ndcg@10": score, "per_dataset": per}
-                )
+                point: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "step": report.steps,
+                    "dev_ndcg@10": score,
+                    "per_dataset": per,
+                }
+                if prep.distill_dev:
+                    from .distill import correlations
+
+                    got = _score(torch, model, tok, [(x.a, x.b) for x in prep.distill_dev], cfg)
+                    point["distill_dev"] = correlations(got, [x.teacher for x in prep.distill_dev])
+                report.dev_curve.append(point)
                 log.info(
-                    "epoch %d: dev nDCG@10 %.4f (reranking %s top-%d)",
+                    "epoch %d: dev nDCG@10 %.4f (reranking %s top-%d)%s",
                     epoch + 1,
                     score,
                     cfg.sources[0],
                     cfg.dev_depth,
+                    f"; distillation dev {point['distill_dev']}" if "distill_dev" in point else "",
                 )
                 if score > best:
                     best = score
@@ -293,23 +481,29 @@ def train_reranker(
             _save_checkpoint(model, tok, checkpoint, cfg.max_length)
         tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
         best_model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint))
+        best_model.to(device)
         choice = _choose_blend(lambda pairs: _score(torch, best_model, tok, pairs, cfg), parts, cfg)
         report.blend, report.depth, report.source = choice["blend"], choice["depth"], choice["source"]
         report.seconds = time.perf_counter() - t0
         provenance = {
             "trained_by": "duorank models train-reranker",
             "base": str(Path(base).resolve()) if Path(base).exists() else str(base),
-            "data": [str(Path(d).resolve()) for d in sources],
-            "split": split,
+            "data": prep.data,
+            "split": prep.split,
             "data_license": {p.ds.name: _license_of(p.ds.name) for p in parts},
             "train_queries": {p.ds.name: len(p.train_q) for p in parts},
             "dev_queries": {p.ds.name: len(p.dev_q) for p in parts},
+            "distill_pairs": {"train": len(prep.distill_train), "dev": len(prep.distill_dev)},
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "dev_curve": report.dev_curve,
             "dev_choice": choice,
             "steps": report.steps,
             "seconds": round(report.seconds, 1),
         }
+        if not export_onnx:
+            _write_checkpoint(checkpoint, out, provenance)
+            return report
         from . import export
 
         export(checkpoint, out, kind="reranker", provenance=provenance, overwrite=overwrite)
@@ -324,6 +518,21 @@ def train_reranker(
             bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _write_checkpoint(checkpoint: Path, out: Path, provenance: dict[str, Any]) -> None:
+    """`out` = the checkpoint folder plus duorank-train.json, replacing `out` only once complete."""
+    import json
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp)
+    (tmp / TRAIN_RECORD).write_text(json.dumps(provenance, indent=1), encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+TRAIN_RECORD = "duorank-train.json"  # beside a checkpoint trained with export_onnx=False
 
 
 def _datasets(data: Any, split: str, cfg: TrainConfig) -> list[Any]:
@@ -348,10 +557,24 @@ def _seed_everything(torch: Any, seed: int) -> None:
 def _group_loss(
     torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], groups: int, cfg: TrainConfig
 ) -> Any:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits = model(**_encode(tok, pairs, cfg)).logits.float().view(groups, cfg.group_size)
-    target = torch.zeros(groups, dtype=torch.long)
+    logits = _logits(torch, model, tok, pairs, cfg).view(groups, cfg.group_size)
+    target = torch.zeros(groups, dtype=torch.long, device=logits.device)
     return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _distill_loss(torch: Any, model: Any, tok: Any, pairs: list[Any], cfg: TrainConfig) -> Any:
+    """1 - Pearson correlation of the logits of sentence pairs with the embedder's cosines."""
+    x = _logits(torch, model, tok, [(p.a, p.b) for p in pairs], cfg).view(-1)
+    y = torch.tensor([p.teacher for p in pairs], dtype=x.dtype, device=x.device)
+    x, y = x - x.mean(), y - y.mean()
+    return 1.0 - (x * y).sum() / (x.norm() * y.norm() + 1e-8)
+
+
+def _logits(torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], cfg: TrainConfig) -> Any:
+    """float32 logits of (query, document) pairs on the model's device (bf16 autocast with cfg.bf16)."""
+    enc = _encode(tok, pairs, cfg).to(model.device)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        return model(**enc).logits.float()
 
 
 def _encode(tok: Any, pairs: list[tuple[str, str]], cfg: TrainConfig) -> Any:
@@ -371,8 +594,7 @@ def _score(torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], cfg: 
     out = []
     with torch.no_grad():
         for i in range(0, len(pairs), 32):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                out.append(model(**_encode(tok, pairs[i : i + 32], cfg)).logits.float().view(-1).numpy())
+            out.append(_logits(torch, model, tok, pairs[i : i + 32], cfg).view(-1).cpu().numpy())
     model.train()
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
@@ -507,7 +729,7 @@ def _save_checkpoint(model: Any, tok: Any, folder: Path, max_length: int) -> Non
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp)  # safetensors, the default of transformers 4.x and 5
     tok.save_pretrained(tmp)
     (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}))
     shutil.rmtree(folder, ignore_errors=True)

