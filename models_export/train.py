@@ -32,6 +32,7 @@ from .deps import require
 log = logging.getLogger("duorank.models_export.train")
 
 BLEND_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+TOLERANCE = 0.0025  # mean dev nDCG@10 a shallower rerank depth may give up (a quarter of a point)
 
 
 @dataclass(frozen=True)
@@ -496,6 +497,7 @@ def train_reranker(
             "distill_pairs": {"train": len(prep.distill_train), "dev": len(prep.distill_dev)},
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "hardware": torch.cuda.get_device_name(device) if cfg.device == "cuda" else "cpu",
             "dev_curve": report.dev_curve,
             "dev_choice": choice,
             "steps": report.steps,
@@ -666,26 +668,35 @@ def _choose_blend(
     return choose_from_grid(table)
 
 
-def choose_from_grid(table: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rule over a dev grid (rows: source, depth, blend, dev_ndcg@10, per_dataset): the best mean dev
-    nDCG@10 among the choices that lose on no dev dataset against the same first stage alone (blend 0.0),
-    overall and for each first stage."""
+def choose_from_grid(table: list[dict[str, Any]], *, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """The rule over a dev grid (rows: source, depth, blend, dev_ndcg@10, per_dataset), overall and for
+    each first stage: among the choices that lose on no dev dataset against the same first stage alone
+    (blend 0.0), the shallowest whose mean dev nDCG@10 is within `tolerance` of the best one (rerank cost
+    grows with depth; a few hundredths of a point on ~100 dev queries is noise), then the best of that
+    depth."""
     alone = {(r["source"], r["depth"]): r["per_dataset"] for r in table if r["blend"] == 0.0}
     safe = [
         r
         for r in table
         if all(v >= alone[r["source"], r["depth"]][k] - 1e-9 for k, v in r["per_dataset"].items())
     ]
-    best = max(safe, key=lambda r: r["dev_ndcg@10"])
+
+    def pick(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        top = max(r["dev_ndcg@10"] for r in rows)
+        depth = min(r["depth"] for r in rows if r["dev_ndcg@10"] >= top - tolerance)
+        return max((r for r in rows if r["depth"] == depth), key=lambda r: r["dev_ndcg@10"])
+
+    best = pick(safe)
     # the engine reranks whichever first stage the user recalls with: a choice for each, by the same rule
     per_recall = {}
     for source in dict.fromkeys(r["source"] for r in table):  # blend 0.0 is safe: each source has one
-        pick = max((r for r in safe if r["source"] == source), key=lambda r: r["dev_ndcg@10"])
-        per_recall[source] = {k: pick[k] for k in ("depth", "blend", "dev_ndcg@10")}
+        chosen = pick([r for r in safe if r["source"] == source])
+        per_recall[source] = {k: chosen[k] for k in ("depth", "blend", "dev_ndcg@10")}
     return {
         **best,
         "per_recall": per_recall,
-        "rule": "best mean dev nDCG@10 among choices losing on no dev dataset vs the first stage alone",
+        "rule": "among choices losing on no dev dataset vs the first stage alone, the shallowest within "
+        f"{tolerance} mean dev nDCG@10 of the best, then the best at that depth",
         "best_unconstrained": max(table, key=lambda r: r["dev_ndcg@10"]),
         "grid": table,
     }

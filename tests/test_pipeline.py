@@ -74,7 +74,7 @@ def test_the_default_reranker_improves_dense_on_scifact(scifact_slice, default_e
         reranked = _ndcg(res, qids, qrels)
     print({"dense": round(100 * dense, 2), "dense+default reranker": round(100 * reranked, 2)})
     assert res.rerank == "cross" and res.timings["rerank"] > 0
-    assert reranked > dense  # measured here: 83.03 -> 83.82 (blend 0.1 at depth 10, chosen for hybrid)
+    assert reranked > dense  # measured: 83.03 -> 88.53 (blend 0.5 at depth 20; the previous default: 83.82)
 
 
 def test_batched_queries_equal_one_at_a_time(scifact_slice, default_embedder):

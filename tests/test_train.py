@@ -92,6 +92,10 @@ def test_choice_rule_overall_and_per_first_stage():
     assert choice["best_unconstrained"]["blend"] == 1.0 and choice["grid"] is grid
     per = {k: (v["depth"], v["blend"]) for k, v in choice["per_recall"].items()}
     assert per == {"dense": (10, 0.5), "bm25": (10, 0.3), "hybrid": (20, 0.0)}
+    # a shallower depth within the tolerance (a quarter point) wins: rerank cost grows with depth
+    deeper = [*grid, row("dense", 30, 0.0, 0.50, 0.60), row("dense", 30, 0.6, 0.70, 0.614)]
+    assert choose_from_grid(deeper)["per_recall"]["dense"]["depth"] == 10  # 0.657 vs 0.655
+    assert choose_from_grid(deeper, tolerance=0.001)["per_recall"]["dense"]["depth"] == 30
 
 
 def test_bad_configs_and_the_test_split(tmp_path, shared_data):
