@@ -625,6 +625,19 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _preparation(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields of prepare-training and train-reranker that decide the training set."""
+    return {
+        "negatives": args.negatives,
+        "sources": tuple(s.strip() for s in args.sources.split(",") if s.strip()),
+        "dev_fraction": args.dev_fraction,
+        "seed": args.seed,
+        "max_queries": args.max_queries,
+        "python_docs": args.python_docs,
+        "distill": args.distill,
+    }
+
+
 def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.models_command == "list":
         from .models import list_models
@@ -691,15 +704,7 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         if not args.out.endswith(".json.gz"):
             parser.error(f"--out {args.out!r}: expected a name ending in .json.gz")
-        cfg = TrainConfig(
-            negatives=args.negatives,
-            sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
-            dev_fraction=args.dev_fraction,
-            seed=args.seed,
-            max_queries=args.max_queries,
-            python_docs=args.python_docs,
-            distill=args.distill,
-        )
+        cfg = TrainConfig(**_preparation(args))
         print(save_prepared(prepare_training(args.data, split=args.split, config=cfg), args.out))
         return 0
     if args.models_command == "train-reranker":
@@ -710,21 +715,15 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("--data FILE.json.gz (a prepared training set) goes alone")
 
         config = TrainConfig(
+            **_preparation(args),
             epochs=args.epochs,
             batch_size=args.batch_size,
             group_size=args.group_size,
             max_length=args.max_length,
             lr=args.lr,
-            negatives=args.negatives,
-            sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
-            dev_fraction=args.dev_fraction,
-            seed=args.seed,
-            max_queries=args.max_queries,
             max_steps=args.max_steps,
             bf16=args.bf16,
-            python_docs=args.python_docs,
             int8=args.int8,
-            distill=args.distill,
             distill_weight=args.distill_weight,
             device=args.device,
         )

@@ -95,6 +95,9 @@ def test_index_search_info(kb, tmp_path, capsys):
         (["search", "{kb}", "x", "--top-k", "0"], "--top-k must be >= 1"),
         (["search", "{kb}"], "required"),
         (["frobnicate"], "invalid choice"),
+        (["models", "prepare-training", "--data", "d", "--out", "set.json"], "ending in .json.gz"),
+        (["models", "train-reranker", "--data", "a.json.gz", "--data", "b", "--out", "o"], "goes alone"),
+        (["models", "train-reranker", "--data", "d", "--out", "o", "--device", "tpu"], "invalid choice"),
     ],
 )
 def test_usage_errors_exit_2(kb, capsys, args, message):

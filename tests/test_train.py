@@ -105,6 +105,28 @@ def test_bad_configs_and_the_test_split(tmp_path, shared_data):
         TrainConfig(sources=("splade",))
     with pytest.raises(ValueError, match="test split is never training data"):
         train_reranker("base", shared_data / "scifact", tmp_path / "out", split="test")
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="distill -1"):
+        TrainConfig(distill=-1)
+    with pytest.raises(ValueError, match="int8 needs the ONNX export"):
+        train_reranker("base", shared_data / "scifact", tmp_path / "out", config=TrainConfig(int8=True),
+                       export_onnx=False)  # fmt: skip
+    from duorank.models_export.distill import teacher_pairs
+
+    with pytest.raises(ValueError, match="distill pairs 4: expected >= 8"):
+        teacher_pairs(["One two three four five six."], 4)
+    with pytest.raises(ValueError, match="1 usable sentences"):
+        teacher_pairs(["One two three four five six."], 8)
+
+
+def test_cuda_training_without_a_gpu_is_a_clear_error(tmp_path, shared_data):
+    torch = pytest.importorskip("torch", reason="training needs the [export] extra")
+    pytest.importorskip("transformers", reason="training needs the [export] extra")
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a CUDA GPU")
+    with pytest.raises(ValueError, match="device 'cuda': this torch sees no CUDA GPU"):
+        train_reranker("base", shared_data / "scifact", tmp_path / "o", config=TrainConfig(device="cuda"))
 
 
 def _short(**kw) -> TrainConfig:
