@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--distill-weight", type=float, default=1.0, help="weight of that loss (default: 1)")
     tr.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train")
     tr.add_argument(
+        "--train-seed",
+        type=int,
+        metavar="N",
+        help="seed of the initialisation, example order and negatives (default: --seed, which also "
+        "seeds the split; a prepared set keeps its own)",
+    )
+    tr.add_argument(
         "--no-export",
         action="store_true",
         help="write the trained checkpoint (+ duorank-train.json) instead of a model folder; "
@@ -726,6 +733,7 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             int8=args.int8,
             distill_weight=args.distill_weight,
             device=args.device,
+            train_seed=args.train_seed,
         )
         base = args.base or weights_folder("default")[0]
         data = args.data[0] if is_prepared(args.data[0]) else args.data

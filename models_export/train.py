@@ -59,6 +59,7 @@ class TrainConfig:
     distill_weight: float = 1.0  # weight of the distillation loss (1 - Pearson) next to the ranking loss
     distill_batch: int = 32  # distillation pairs per step
     device: str = "cpu"  # "cuda": train on a GPU (bf16 autocast is native there)
+    train_seed: int | None = None  # seed of initialisation, example order and sampled negatives (None: seed)
 
     def __post_init__(self) -> None:
         if self.batch_size % self.group_size or self.group_size < 2:
@@ -352,12 +353,13 @@ def train_reranker(
     device = torch.device(cfg.device)
 
     t0 = time.perf_counter()
-    _seed_everything(torch, cfg.seed)
     if isinstance(data, (str, os.PathLike)) and is_prepared(data):
         prep = load_prepared(data)
     else:
         prep = prepare_training(data, split=split, config=cfg)
     cfg = replace(cfg, **prep.config)
+    seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
+    _seed_everything(torch, seed)
     parts = prep.parts
     examples = [
         (p, q, d)
@@ -395,8 +397,8 @@ def train_reranker(
         lr=cfg.lr,
     )
     sched = transformers.get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)
-    rng = random.Random(cfg.seed)
-    distill_rng = random.Random(cfg.seed + 1)
+    rng = random.Random(seed)
+    distill_rng = random.Random(seed + 1)
     distilling = bool(prep.distill_train) and cfg.distill_weight > 0
     report = TrainReport(out=out, steps=0)
     best = -1.0

@@ -264,6 +264,17 @@ def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
         export_onnx=False,
     )
     assert report.steps == 6 and "distill_dev" in report.dev_curve[0]
+    # the training seed (initialisation, order, negatives) is the caller's even with a prepared set
+    other = train_reranker(
+        weights_folder("default")[0],
+        path,
+        tmp_path / "ckpt1",
+        config=_short(max_steps=2, train_seed=1),
+        progress=False,
+        export_onnx=False,
+    )
+    assert other.losses[:2] != report.losses[:2]
+    assert json.loads((tmp_path / "ckpt1" / "duorank-train.json").read_text())["config"]["train_seed"] == 1
     record = json.loads((tmp_path / "ckpt" / "duorank-train.json").read_text())
     assert record["distill_pairs"] == {"train": 56, "dev": 8} and record["config"]["distill"] == 64
     folder = export(tmp_path / "ckpt", tmp_path / "rr", kind="reranker")
