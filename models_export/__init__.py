@@ -84,7 +84,9 @@ def export(
         raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
     t0 = time.perf_counter()
     folder, source_meta = local_source(source, revision)
-    trained = folder / "duorank-train.json"  # a checkpoint of train_reranker(export_onnx=False)
+    from .train import TRAIN_RECORD
+
+    trained = folder / TRAIN_RECORD  # beside a checkpoint of train_reranker(export_onnx=False)
     from_training = provenance is None and trained.is_file()
     if from_training:
         provenance = json.loads(trained.read_text(encoding="utf-8"))

@@ -171,6 +171,7 @@ PREPARATION = (
     "distill",
 )  # fmt: skip
 FORMAT = "duorank-training-set/1"
+TRAIN_RECORD = "duorank-train.json"  # beside a checkpoint trained with export_onnx=False
 
 
 @dataclass
@@ -534,9 +535,6 @@ def _write_checkpoint(checkpoint: Path, out: Path, provenance: dict[str, Any]) -
     (tmp / TRAIN_RECORD).write_text(json.dumps(provenance, indent=1), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-
-
-TRAIN_RECORD = "duorank-train.json"  # beside a checkpoint trained with export_onnx=False
 
 
 def _datasets(data: Any, split: str, cfg: TrainConfig) -> list[Any]:
