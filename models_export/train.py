@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -251,7 +251,7 @@ def save_prepared(prep: Prepared, path: str | os.PathLike[str]) -> Path:
         "format": FORMAT,
         "split": prep.split,
         "data": prep.data,
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in prep.config.items()},
+        "config": prep.config,  # tuples are written as JSON arrays; load_prepared turns them back
         "parts": parts,
         "distill": {
             "train": [[x.a, x.b, x.teacher] for x in prep.distill_train],
@@ -302,7 +302,7 @@ def load_prepared(path: str | os.PathLike[str]) -> Prepared:
     return Prepared(parts, pairs["train"], pairs["dev"], config, doc["data"], doc["split"])
 
 
-def is_prepared(data: Any) -> bool:
+def is_prepared(data: Any) -> TypeGuard[str | os.PathLike[str]]:
     """Whether `data` names a prepared training set (a .json.gz file) rather than BEIR data."""
     return isinstance(data, (str, os.PathLike)) and str(data).endswith(".json.gz")
 
@@ -354,7 +354,7 @@ def train_reranker(
     device = torch.device(cfg.device)
 
     t0 = time.perf_counter()
-    if isinstance(data, (str, os.PathLike)) and is_prepared(data):
+    if is_prepared(data):
         prep = load_prepared(data)
     else:
         prep = prepare_training(data, split=split, config=cfg)
