@@ -154,7 +154,14 @@ class Collection:
             "expansion_search": expansion_search,
         }
         if index == "hnsw":
-            ann = HnswIndex(dim=dim, dtype=store_dtype, threads=threads, **hnsw)
+            ann = HnswIndex(
+                dim=dim,
+                dtype=store_dtype,
+                threads=threads,
+                connectivity=connectivity,
+                expansion_add=expansion_add,
+                expansion_search=expansion_search,
+            )
         folder.mkdir(parents=True, exist_ok=True)
         lock = _take_lock(folder / cls.LOCK)
         try:

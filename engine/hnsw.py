@@ -6,8 +6,11 @@ folder: `ann.<generation>.usearch` (USearch's own format, readable from C/C++/Ru
 `index.json` last, with the file's size and sha256. `load(mmap=True)` memory-maps the file read-only
 (USearch `view`): many processes can serve one copy; adding to a viewed index is an error.
 
-USearch builds and stores the graph; searches walk it with duorank's kernel (hnsw_graph.py), which reads
-USearch's saved form: on the same graph it returns what USearch's search returns, 2x faster. The search
+USearch builds and stores the graph. A float index (f32, f16) is built on int8 codes and then stores its
+own rows (`quantized_build`, the default, for any add at least as large as the index): 2.6x faster at
+100,000 rows and the same recall, since the walk scores the stored rows. Searches walk it with duorank's
+kernel (hnsw_graph.py), which reads USearch's saved form: on the same graph it returns what USearch's
+search returns, 2x faster. The search
 form is read on the first search after a change (O(n): an in-memory index is saved to a buffer that USearch
 then views, so the vectors stay held once); the next add or remove gives USearch a writable copy back.
 Searches of one index from several threads are serialised (the walk's visit tags are per index).
@@ -25,7 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
-from .hnsw_graph import UsearchGraph
+from .hnsw_graph import UsearchGraph, retyped
 from .index import Dtype, _kernels
 from .validate import as_ids, as_k, as_vectors
 
@@ -50,8 +53,8 @@ class HnswIndex:
         expansion_add: int = 128,
         expansion_search: int = 64,
         threads: int = 0,
+        quantized_build: bool = True,
     ) -> None:
-        from usearch.index import Index
 
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -70,22 +73,29 @@ class HnswIndex:
             raise ValueError(f"threads must be >= 0 (0: all cores), got {threads}")
         self.dim = int(dim)
         self.threads = int(threads)
+        self.quantized_build = bool(quantized_build)
         self.config = {
             "connectivity": int(connectivity),
             "expansion_add": int(expansion_add),
             "expansion_search": int(expansion_search),
         }
-        self._index = Index(
-            ndim=self.dim,
-            metric="cos",
-            dtype=_USEARCH_DTYPE[self.dtype],
-            connectivity=int(connectivity),
-            expansion_add=int(expansion_add),
-            expansion_search=int(expansion_search),
-        )
+        self._index = self._usearch(self.dtype)
         self._viewed = False
         self._mapped: np.memmap[Any, np.dtype[np.uint8]] | None = None  # the file's bytes when viewed
         self._graph: UsearchGraph | None = None  # the search form, None after each change
+
+    def _usearch(self, dtype: Dtype) -> Any:
+        from usearch.index import Index
+
+        c = self.config
+        return Index(
+            ndim=self.dim,
+            metric="cos",
+            dtype=_USEARCH_DTYPE[dtype],
+            connectivity=c["connectivity"],
+            expansion_add=c["expansion_add"],
+            expansion_search=c["expansion_search"],
+        )
 
     def __len__(self) -> int:
         return len(self._index)
@@ -167,13 +177,32 @@ class HnswIndex:
 
         self._thaw()
         try:
-            self._index.add(
-                new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
-            )
+            if self.quantized_build and self.dtype is not Dtype.I8 and v.shape[0] >= len(self):
+                self._index = self._built_on_codes(new_ids, v, tick if bar else None)
+            else:
+                self._index.add(
+                    new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
+                )
         finally:
             if bar is not None:
                 bar.close()
         return new_ids
+
+    def _built_on_codes(self, ids: NDArray[np.int64], v: NDArray[np.float32], progress: Any) -> Any:
+        """A new graph over the live rows and (ids, v), built by USearch on int8 codes, then stored in this
+        index's dtype: 2.6x faster than building on float32 rows and as good a graph (the walk scores the
+        stored rows; bench/ann_storage.py). Used when an add at least doubles the index, so it never costs
+        more than adding to the old graph; removed rows' waypoints go with the old graph."""
+        if len(self):
+            keep = np.asarray(self._index.keys, dtype=np.int64)
+            old = np.asarray(self._index.get(keep.astype(np.uint64), dtype=np.float32), dtype=np.float32)
+            ids = np.concatenate([keep, ids])
+            v = np.concatenate([old.reshape(keep.size, self.dim), v])
+        codes = self._usearch(Dtype.I8)
+        codes.add(ids.astype(np.uint64), v, threads=self.threads, progress=progress)
+        data = np.frombuffer(codes.save(), dtype=np.uint8)
+        del codes
+        return self._restored(retyped(data, self.dim, ids, v, self.dtype), view=False)
 
     def remove(self, ids: ArrayLike) -> None:
         """Remove rows by id; unknown or duplicate ids raise ValueError and remove nothing."""

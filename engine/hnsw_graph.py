@@ -33,6 +33,39 @@ METRIC_COS = ord("c")
 FREE_KEY = -1  # 2**64 - 1, USearch's key for a removed node, read as int64
 
 
+def _matrix(b: NDArray[np.uint8], source: str) -> tuple[int, int, int, int]:
+    """(rows, bytes per row, offset of the head, width of the two dimensions) of a saved USearch index."""
+    for w in (4, 8):  # USearch writes 32-bit matrix dimensions unless they do not fit
+        if b.size < 2 * w:
+            break
+        r, c = (int(v) for v in b[: 2 * w].view(np.uint32 if w == 4 else np.uint64))
+        at = 2 * w + r * c
+        if at + HEAD_BYTES <= b.size and bytes(b[at : at + len(MAGIC)]) == MAGIC:
+            return r, c, at, w
+    raise IndexFormatError(f"{source}: no USearch head after the vector matrix (truncated or foreign)")
+
+
+def retyped(
+    data: NDArray[np.uint8], dim: int, ids: NDArray[np.int64], rows: NDArray[np.float32], dtype: str
+) -> NDArray[np.uint8]:
+    """The saved USearch index `data` with its stored vectors replaced by `rows` (float32, the row of each
+    id in `ids`, which must name every node) held as dtype "f32" or "f16": the same graph, read by USearch
+    as an index of that dtype. What lets a graph built on int8 codes serve float rows."""
+    scalar, np_type = {"f32": (11, np.float32), "f16": (12, np.float16)}[dtype]
+    g = UsearchGraph(data, dim, source="retyped")
+    n, _, head, width = _matrix(data, "retyped")
+    order = np.argsort(ids, kind="stable")
+    at = order[np.searchsorted(ids, g.keys, sorter=order)]
+    if n != ids.size or not np.array_equal(ids[at], g.keys):
+        raise IndexFormatError("retyped: the ids do not name the graph's nodes one for one")
+    stored = np.ascontiguousarray(rows[at], dtype=np_type)
+    cols = dim * stored.itemsize
+    dims = np.array([n, cols], np.uint32 if width == 4 else np.uint64).view(np.uint8)
+    out = np.concatenate([dims, stored.reshape(-1).view(np.uint8), data[head:]])
+    out[2 * width + n * cols + 14] = scalar  # the head's scalar kind (after magic and version)
+    return out
+
+
 class UsearchGraph:
     """search(queries, k, ef, slots=None) -> (ids, scores) over a saved USearch cosine index."""
 
@@ -42,20 +75,7 @@ class UsearchGraph:
         self._kernels = kernels
         self.data = data  # keeps the mapped file or the buffer alive: self.x is a view into it
         b = data
-        rows = cols = width = 0
-        head = -1
-        for w in (4, 8):  # USearch writes 32-bit matrix dimensions unless they do not fit
-            if b.size < 2 * w:
-                break
-            r, c = (int(v) for v in b[: 2 * w].view(np.uint32 if w == 4 else np.uint64))
-            at = 2 * w + r * c
-            if at + HEAD_BYTES <= b.size and bytes(b[at : at + len(MAGIC)]) == MAGIC:
-                rows, cols, head, width = r, c, at, w
-                break
-        if head < 0:
-            raise IndexFormatError(
-                f"{source}: no USearch head after the vector matrix (truncated or foreign)"
-            )
+        rows, cols, head, width = _matrix(b, source)
         metric, scalar, key_kind, slot_kind = (int(v) for v in b[head + 13 : head + 17])
         dtype = SCALARS.get(scalar)
         if metric != METRIC_COS or dtype is None or key_kind != KEY_U64 or slot_kind != SLOT_U32:
