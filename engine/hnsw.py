@@ -6,11 +6,12 @@ folder: `ann.<generation>.usearch` (USearch's own format, readable from C/C++/Ru
 `index.json` last, with the file's size and sha256. `load(mmap=True)` memory-maps the file read-only
 (USearch `view`): many processes can serve one copy; adding to a viewed index is an error.
 
-USearch builds and stores the graph. A float index (f32, f16) is built on int8 codes and then stores its
-own rows (`quantized_build`, the default, for any add at least as large as the index): 2.6x faster at
-100,000 rows and the same recall, since the walk scores the stored rows. Searches walk it with duorank's
-kernel (hnsw_graph.py), which reads USearch's saved form: on the same graph it returns what USearch's
-search returns, 2x faster. The search
+The graph is USearch's format and USearch holds it (inserts of fewer rows than the index holds, removals,
+files). An add at least as large as the index is built by duorank instead (`builder="duorank"`, the
+default; kernels/hnsw_build.py): FAISS's variant of HNSW, which reaches a recall with a smaller beam than
+USearch's graph of the same M, built on int8 codes in parallel batches, then handed to USearch as a file
+it reads as its own. Searches walk the graph with duorank's kernel (hnsw_graph.py), which reads USearch's
+saved form: on the same graph it returns what USearch's search returns, 2x faster. The search
 form is read on the first search after a change (O(n): an in-memory index is saved to a buffer that USearch
 then views, so the vectors stay held once); the next add or remove gives USearch a writable copy back.
 Searches of one index from several threads are serialised (the walk's visit tags are per index).
@@ -28,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
-from .hnsw_graph import UsearchGraph, retyped
+from .hnsw_graph import UsearchGraph, built
 from .index import Dtype, _kernels
 from .validate import as_ids, as_k, as_vectors
 
@@ -53,7 +54,7 @@ class HnswIndex:
         expansion_add: int = 128,
         expansion_search: int = 64,
         threads: int = 0,
-        quantized_build: bool = True,
+        builder: str = "duorank",
     ) -> None:
 
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
@@ -73,7 +74,9 @@ class HnswIndex:
             raise ValueError(f"threads must be >= 0 (0: all cores), got {threads}")
         self.dim = int(dim)
         self.threads = int(threads)
-        self.quantized_build = bool(quantized_build)
+        if builder not in ("duorank", "usearch"):
+            raise ValueError(f"builder {builder!r}, expected 'duorank' or 'usearch'")
+        self.builder = builder
         self.config = {
             "connectivity": int(connectivity),
             "expansion_add": int(expansion_add),
@@ -169,6 +172,7 @@ class HnswIndex:
 
         def tick(done: int, total: int) -> bool:
             if bar is not None:
+                bar.total = total  # a rebuild counts the rows already held too
                 bar.update(done - bar.n)
             return True
 
@@ -177,8 +181,8 @@ class HnswIndex:
 
         self._thaw()
         try:
-            if self.quantized_build and self.dtype is not Dtype.I8 and v.shape[0] >= len(self):
-                self._index = self._built_on_codes(new_ids, v, tick if bar else None)
+            if self.builder == "duorank" and v.shape[0] >= len(self):
+                self._index = self._rebuilt(new_ids, v, tick if bar else None)
             else:
                 self._index.add(
                     new_ids.astype(np.uint64), v, threads=self.threads, progress=tick if bar else None
@@ -188,21 +192,28 @@ class HnswIndex:
                 bar.close()
         return new_ids
 
-    def _built_on_codes(self, ids: NDArray[np.int64], v: NDArray[np.float32], progress: Any) -> Any:
-        """A new graph over the live rows and (ids, v), built by USearch on int8 codes, then stored in this
-        index's dtype: 2.6x faster than building on float32 rows and as good a graph (the walk scores the
-        stored rows; bench/ann_storage.py). Used when an add at least doubles the index, so it never costs
-        more than adding to the old graph; removed rows' waypoints go with the old graph."""
+    def _rebuilt(self, ids: NDArray[np.int64], v: NDArray[np.float32], progress: Any) -> Any:
+        """A new graph over the live rows and (ids, v), built by duorank (hnsw_graph.built) and handed to
+        USearch. Used when an add at least doubles the index, so it never costs more than inserting into the
+        old graph; removed rows' waypoints go with the old graph."""
         if len(self):
             keep = np.asarray(self._index.keys, dtype=np.int64)
             old = np.asarray(self._index.get(keep.astype(np.uint64), dtype=np.float32), dtype=np.float32)
+            old = old.reshape(keep.size, self.dim)
+            if self.dtype is not Dtype.F32:  # decoded f16 / i8 rows: back to unit length
+                _kernels().normalize_rows(old, np.empty(keep.size, np.float32))
             ids = np.concatenate([keep, ids])
-            v = np.concatenate([old.reshape(keep.size, self.dim), v])
-        codes = self._usearch(Dtype.I8)
-        codes.add(ids.astype(np.uint64), v, threads=self.threads, progress=progress)
-        data = np.frombuffer(codes.save(), dtype=np.uint8)
-        del codes
-        return self._restored(retyped(data, self.dim, ids, v, self.dtype), view=False)
+            v = np.concatenate([old, v])
+        data = built(
+            v,
+            ids,
+            _USEARCH_DTYPE[self.dtype],
+            connectivity=self.config["connectivity"],
+            expansion_add=self.config["expansion_add"],
+            threads=self._threads(),
+            progress=progress,
+        )
+        return self._restored(data, view=False)
 
     def remove(self, ids: ArrayLike) -> None:
         """Remove rows by id; unknown or duplicate ids raise ValueError and remove nothing."""

@@ -16,6 +16,7 @@ then the node tape.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,24 +46,75 @@ def _matrix(b: NDArray[np.uint8], source: str) -> tuple[int, int, int, int]:
     raise IndexFormatError(f"{source}: no USearch head after the vector matrix (truncated or foreign)")
 
 
-def retyped(
-    data: NDArray[np.uint8], dim: int, ids: NDArray[np.int64], rows: NDArray[np.float32], dtype: str
+def built(
+    rows: NDArray[np.float32],
+    ids: NDArray[np.int64],
+    dtype: str,
+    *,
+    connectivity: int,
+    expansion_add: int,
+    threads: int,
+    progress: Callable[[int, int], object] | None = None,
+    seed: int = 0,
 ) -> NDArray[np.uint8]:
-    """The saved USearch index `data` with its stored vectors replaced by `rows` (float32, the row of each
-    id in `ids`, which must name every node) held as dtype "f32" or "f16": the same graph, read by USearch
-    as an index of that dtype. What lets a graph built on int8 codes serve float rows."""
-    scalar, np_type = {"f32": (11, np.float32), "f16": (12, np.float16)}[dtype]
-    g = UsearchGraph(data, dim, source="retyped")
-    n, _, head, width = _matrix(data, "retyped")
-    order = np.argsort(ids, kind="stable")
-    at = order[np.searchsorted(ids, g.keys, sorter=order)]
-    if n != ids.size or not np.array_equal(ids[at], g.keys):
-        raise IndexFormatError("retyped: the ids do not name the graph's nodes one for one")
-    stored = np.ascontiguousarray(rows[at], dtype=np_type)
-    cols = dim * stored.itemsize
-    dims = np.array([n, cols], np.uint32 if width == 4 else np.uint64).view(np.uint8)
-    out = np.concatenate([dims, stored.reshape(-1).view(np.uint8), data[head:]])
-    out[2 * width + n * cols + 14] = scalar  # the head's scalar kind (after magic and version)
+    """The bytes of a saved USearch cosine index over `rows` (float32, normalised) keyed by `ids`, stored as
+    dtype ("f32", "f16", "i8"), its graph built by duorank's kernel (kernels/hnsw_build.py: FAISS's
+    variant of HNSW, on int8 codes, in parallel batches) instead of by USearch. USearch reads it back
+    (Index.restore) as if it had built it: head and graph header come from an empty index it saved."""
+    from usearch.index import Index
+
+    from duorank import kernels
+
+    n, dim = rows.shape
+    m = connectivity
+    saved = Index(ndim=dim, metric="cos", dtype=dtype, connectivity=m).save()
+    assert saved is not None  # save() without a path returns the bytes
+    empty = np.frombuffer(saved, np.uint8)
+    _, _, at, width = _matrix(empty, "usearch template")
+    head = empty[at : at + HEAD_BYTES].copy()
+    m0 = int(empty[at + HEAD_BYTES : at + HEAD_BYTES + GRAPH_HEADER_BYTES].view(np.uint64)[2])
+    head[17:33].view(np.uint64)[:] = (n, 0)  # count_present, count_deleted
+    codes = np.empty((n, dim), np.int8)
+    scales = np.empty(n, np.float32)
+    kernels.quantize_rows_i8(np.ascontiguousarray(rows, dtype=np.float32), codes, scales)
+    rng = np.random.default_rng(seed)
+    levels = np.minimum(np.floor(-np.log(1.0 - rng.random(n)) / np.log(m)), 30).astype(np.int16)
+    perm = rng.permutation(n)
+    order = perm[np.argsort(-levels[perm], kind="stable")].astype(np.int64)  # highest level first
+    up_row = np.zeros(n, np.int64)
+    np.cumsum(levels[:-1], dtype=np.int64, out=up_row[1:])
+    n_up = int(levels.sum(dtype=np.int64))
+    nbr0 = np.zeros((n, m0), np.int32)
+    cnt0 = np.zeros(n, np.int32)
+    nbr_up = np.zeros((n_up, m), np.int32)
+    cnt_up = np.zeros(n_up, np.int32)
+    step = max(1, min(n // 20, 200_000))
+    done = min(1, n)
+    while done < n:
+        stop = min(n, done + step)
+        graph = (nbr0, cnt0, up_row, nbr_up, cnt_up)
+        kernels.hnsw_build(codes, scales, levels, order, done, stop, expansion_add, *graph, threads)
+        done = stop
+        if progress is not None:
+            progress(done, n)
+    stored: NDArray[np.generic] = (
+        codes if dtype == "i8" else rows.astype(np.float16) if dtype == "f16" else rows
+    )
+    entry = int(order[0]) if n else 0
+    graph_header = np.array([n, m, m0, int(levels[entry]) if n else 2**64 - 1, entry], np.uint64)
+    tape_at = 2 * width + n * dim * stored.itemsize + HEAD_BYTES + GRAPH_HEADER_BYTES
+    body = tape_at + 2 * n
+    out = np.zeros(body + n * (10 + 4 * (1 + m0)) + n_up * 4 * (1 + m), np.uint8)
+    dims = np.array([n, dim * stored.itemsize], np.uint32 if width == 4 else np.uint64)
+    out[: 2 * width] = dims.view(np.uint8)
+    at = 2 * width + n * dim * stored.itemsize
+    out[2 * width : at] = np.ascontiguousarray(stored).reshape(-1).view(np.uint8)
+    out[at : at + HEAD_BYTES] = head
+    out[at + HEAD_BYTES : tape_at] = graph_header.view(np.uint8)
+    out[tape_at:body] = levels.view(np.uint8)
+    end = kernels.hnsw_tape(ids.astype(np.uint64), levels, nbr0, cnt0, up_row, nbr_up, cnt_up, out, body)
+    if end != out.size:
+        raise AssertionError(f"USearch tape written to byte {end} of {out.size}")
     return out
 
 

@@ -39,7 +39,8 @@ if "numba" in sys.modules:
     _numba_config.reload_config()
 
 from .dot import decode_rows, dot_gather
-from .hnsw import hnsw_parse, hnsw_search, hnsw_search_parallel
+from .hnsw import hnsw_parse, hnsw_search, hnsw_search_parallel, hnsw_tape
+from .hnsw_build import hnsw_build
 from .normalize import normalize_rows
 from .quantize import quantize_rows_i8
 from .topk import (
@@ -53,9 +54,11 @@ from .topk import (
 __all__ = [
     "decode_rows",
     "dot_gather",
+    "hnsw_build",
     "hnsw_parse",
     "hnsw_search",
     "hnsw_search_parallel",
+    "hnsw_tape",
     "normalize_rows",
     "quantize_rows_i8",
     "topk_merge",

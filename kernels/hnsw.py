@@ -1,12 +1,12 @@
-"""HNSW graph search over a graph built by USearch, read from its saved form (docs/format.md, v2).
+"""HNSW graph search over a graph in USearch's saved form (docs/format.md, v2).
 
 `hnsw_parse` copies the node tape of a saved USearch index (key, level, then the neighbour lists of levels
-0..level) into flat arrays; `hnsw_search` walks them: greedy descent through the upper levels, then a
-best-first beam of width `ef` on level 0, the algorithm USearch, hnswlib and FAISS share. Rows are stored
-vectors (float32, float16 as uint16 bits, or int8 codes with per-row scales) that the caller normalised, so
-the score is the dot product (cosine). While a node's neighbours are scored, the next unvisited ones'
-vectors are prefetched: HNSW's time goes to cache misses on vectors, and this (hnswlib does the same) is
-what puts this walk ahead of USearch's own search on the same graph.
+0..level) into flat arrays (`hnsw_tape` writes one from them); `hnsw_search` walks them: greedy descent
+through the upper levels, then a best-first beam of width `ef` on level 0, the algorithm USearch, hnswlib
+and FAISS share. Rows are stored vectors (float32, float16 as uint16 bits, or int8 codes with per-row
+scales) that the caller normalised, so the score is the dot product (cosine). While a node's neighbours are
+scored, the next unvisited ones' vectors are prefetched: HNSW's time goes to cache misses on vectors, and
+this (hnswlib does the same) is what puts this walk ahead of USearch's own search on the same graph.
 
 `mask[slot]` (uint8) says which nodes may be returned: removed nodes (key = 2**64 - 1) and nodes outside a
 filter stay traversable, as in hnswlib's filtered search, so the walk still reaches the allowed ones.
@@ -24,14 +24,13 @@ from .dot import FASTMATH, row_dot
 
 
 @intrinsic
-def _prefetch_row(typingctx, x, r):  # type: ignore[no-untyped-def]
-    """Hint the CPU to load row r of the 2-d array x into cache (llvm.prefetch: read, high locality)."""
-    sig = types.void(x, r)
+def _prefetch_at(typingctx, x, r, c):  # type: ignore[no-untyped-def]
+    """Hint the CPU to load the cache line holding x[r, c] (llvm.prefetch: read, high locality)."""
+    sig = types.void(x, r, c)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        xty, rty = signature.args
+        xty, rty, cty = signature.args
         arr = context.make_array(xty)(context, builder, args[0])
-        row = context.cast(builder, args[1], rty, types.intp)
         ptr = cgutils.get_item_pointer2(
             context,
             builder,
@@ -39,7 +38,10 @@ def _prefetch_row(typingctx, x, r):  # type: ignore[no-untyped-def]
             cgutils.unpack_tuple(builder, arr.shape),
             cgutils.unpack_tuple(builder, arr.strides),
             xty.layout,
-            [row, context.get_constant(types.intp, 0)],
+            [
+                context.cast(builder, args[1], rty, types.intp),
+                context.cast(builder, args[2], cty, types.intp),
+            ],
         )
         i8p = lir.IntType(8).as_pointer()
         i32 = lir.IntType(32)
@@ -142,6 +144,36 @@ def hnsw_parse(tape, start, levels, nbr0, cnt0, up_row, nbr_up, cnt_up, keys):  
     return o
 
 
+@nb.njit(cache=True, nogil=True)
+def _put(tape, o, v, nbytes):  # type: ignore[no-untyped-def]
+    for t in range(nbytes):
+        tape[o + t] = np.uint8((v >> (8 * t)) & 0xFF)
+
+
+@nb.njit(cache=True, nogil=True)
+def hnsw_tape(keys, levels, nbr0, cnt0, up_row, nbr_up, cnt_up, tape, start):  # type: ignore[no-untyped-def]
+    """hnsw_parse's inverse: write each node's u64 key, i16 level and, for levels 0..level, a u32 count and
+    the u32 slots (zero past the count) into tape from byte `start`. Returns the end offset."""
+    m0 = nbr0.shape[1]
+    m = nbr_up.shape[1]
+    o = start
+    for i in range(keys.shape[0]):
+        _put(tape, o, np.int64(keys[i]), 8)
+        _put(tape, o + 8, np.int64(levels[i]) & 0xFFFF, 2)
+        o += 10
+        _put(tape, o, np.int64(cnt0[i]), 4)
+        for j in range(m0):
+            _put(tape, o + 4 + 4 * j, np.int64(nbr0[i, j]) if j < cnt0[i] else 0, 4)
+        o += 4 * (1 + m0)
+        for lvl in range(np.int64(levels[i])):
+            r = up_row[i] + lvl
+            _put(tape, o, np.int64(cnt_up[r]), 4)
+            for j in range(m):
+                _put(tape, o + 4 + 4 * j, np.int64(nbr_up[r, j]) if j < cnt_up[r] else 0, 4)
+            o += 4 * (1 + m)
+    return o
+
+
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-untyped-def]
     """One query: returns the size of the result heap (min-heap of scores, at most ef allowed nodes)."""
@@ -175,7 +207,7 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
         for j in range(cnt0[c0]):
             c = nbr0[c0, j]
             if seen[c] != tag:
-                _prefetch_row(x, c)
+                _prefetch_at(x, c, 0)
         for j in range(cnt0[c0]):
             c = nbr0[c0, j]
             if seen[c] == tag:

@@ -268,31 +268,54 @@ def test_selective_filter_scores_stored_rows_exactly(rng, dtype, tol):
     np.testing.assert_allclose(np.sort(got.scores, axis=1), np.sort(truth.scores, axis=1), atol=tol)
 
 
-# ---------------------------------------------------------------- the graph built on int8 codes
-@pytest.mark.parametrize("dtype", ["f32", "f16"])
-def test_quantized_build_stores_the_rows_and_finds_what_a_float_build_finds(dtype):
-    """quantized_build (the default) builds the graph on int8 codes and stores the rows in the index's own
-    dtype: USearch reads them back unchanged, and recall matches a graph built on the float rows."""
+# ---------------------------------------------------------------- the graph duorank builds
+@pytest.mark.parametrize("dtype", ["f32", "f16", "i8"])
+def test_duorank_builder_stores_the_rows_and_beats_usearchs_graph(dtype):
+    """builder="duorank" (the default) builds the graph itself and hands USearch a file it reads as its own:
+    the stored rows come back unchanged, USearch's own search over it agrees with the walk, and at the same
+    beam it finds at least what a graph USearch built finds."""
     rng = np.random.default_rng(8)
     x = embedding_like(rng, 8_200, 384, clusters=80)
     exact = ExactIndex(dim=384)
     exact.add(x[:8_000])
     unit = x[:8_000] / np.linalg.norm(x[:8_000], axis=1, keepdims=True)  # as add() normalises
     recall = {}
-    for quantized in (True, False):
-        h = HnswIndex(dim=384, dtype=dtype, quantized_build=quantized, expansion_search=32)
+    for builder in ("duorank", "usearch"):
+        h = HnswIndex(dim=384, dtype=dtype, builder=builder, expansion_search=32)
         h.add(x[:8_000])
-        stored = np.asarray(h._index.get(np.arange(8_000, dtype=np.uint64)))
-        assert str(h._index.dtype).lower().endswith(dtype)
-        np.testing.assert_array_equal(stored, unit.astype(stored.dtype))
-        recall[quantized] = h.recall_against(exact, x[8_000:], 10)
-    print(f"{dtype} recall@10 at ef 32: int8-built {recall[True]:.4f}, float-built {recall[False]:.4f}")
-    assert recall[True] >= recall[False] - 0.02
+        assert str(h._index.dtype).lower().endswith(dtype) and len(h) == 8_000
+        if dtype != "i8":
+            stored = np.asarray(h._index.get(np.arange(8_000, dtype=np.uint64)))
+            np.testing.assert_array_equal(stored, unit.astype(stored.dtype))
+        recall[builder] = h.recall_against(exact, x[8_000:], 10)
+        theirs = h._index.search(x[8_000:], 10, threads=1)
+        ours = h.search(x[8_000:], 10).ids
+        overlap = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(ours, theirs.keys)])
+        assert overlap >= (0.99 if dtype == "f32" else 0.9)
+    print(f"{dtype} recall@10 at ef 32, built by duorank / USearch:", recall)
+    assert recall["duorank"] >= recall["usearch"] - 0.005
+    with pytest.raises(ValueError, match="builder 'faiss', expected 'duorank' or 'usearch'"):
+        HnswIndex(dim=4, builder="faiss")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 40])
+def test_duorank_builder_small_graphs_and_duplicates(n):
+    """Tiny graphs, repeated rows and zero rows build and answer exactly with a beam over everything."""
+    rng = np.random.default_rng(n)
+    x = unit_rows(rng, n, 8)
+    if n > 2:
+        x[1] = x[0]
+        x[2] = 0.0
+    h = HnswIndex(dim=8, expansion_search=64)
+    h.add(x)
+    got = h.search(x, min(n, 5))
+    ref = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.testing.assert_allclose(got.scores, -np.sort(-ref, axis=1)[:, : min(n, 5)], atol=1e-5)
 
 
 def test_adds_extend_the_graph_or_rebuild_it_and_removed_rows_stay_gone(rng):
-    """An add smaller than the index goes into USearch's graph; one at least as large rebuilds the graph on
-    int8 codes over the live rows and the new ones: removed rows stay gone, every other row is found."""
+    """An add smaller than the index goes into USearch's graph; one at least as large rebuilds the graph
+    over the live rows and the new ones: removed rows stay gone, every other row is found."""
     x = unit_rows(rng, 3_100, 24)
     h = HnswIndex(dim=24, expansion_search=64)
     h.add(x[:1_000])
