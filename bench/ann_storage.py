@@ -1,4 +1,4 @@
-"""HnswIndex storage dtypes side by side: i8 (candidates rescored against the f32 rows) vs f32.
+"""HnswIndex storage dtypes side by side (the same graph builder for each; the walk scores the stored rows).
 
 Same embedding-like rows as bench/test_ann.py (`tests.conftest.embedding_like`), M 16, ef_construction 128,
 2 threads; for each ef: recall@10 against exact search, p50 of 300 single queries, queries/s of a batch of

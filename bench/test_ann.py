@@ -129,14 +129,14 @@ TABLES["ann"] = _table
 # the best peer at each target (p50: theirs / ours, q/s: ours / theirs; above 1 means duorank is faster).
 
 SCALE_N = int(os.environ.get("DUORANK_BENCH_ANN_N", "100000"))
-SCALE_EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+SCALE_EFS = [16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024]
 TARGETS = [0.95, 0.99]
 
 
 def _saved_bytes(p: Any, folder: Any) -> int:
     """The index's size as its library saves it (what it holds in memory, give or take headers)."""
     path = folder / p.name
-    if p.name == "duorank":
+    if p.name.startswith("duorank"):
         p.index.save(path)
         return sum(f.stat().st_size for f in path.glob("ann.*"))
     if p.name == "usearch":
@@ -168,8 +168,11 @@ class _Peer:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        if name == "duorank":
-            self.index: Any = HnswIndex(dim=384, connectivity=16, expansion_add=128, threads=THREADS)
+        if name.startswith("duorank"):  # "duorank-usearch": the graph built by USearch (on int8 codes)
+            builder = "usearch" if name == "duorank-usearch" else "duorank"
+            self.index: Any = HnswIndex(
+                dim=384, connectivity=16, expansion_add=128, threads=THREADS, builder=builder
+            )
         elif name == "usearch":
             from usearch.index import Index
 
@@ -185,7 +188,7 @@ class _Peer:
             self.index.hnsw.efConstruction = 128
 
     def build(self, x: np.ndarray) -> None:
-        if self.name == "duorank":
+        if self.name.startswith("duorank"):
             self.index.add(x, progress=False)
         elif self.name == "usearch":
             self.index.add(np.arange(len(x), dtype=np.uint64), x, threads=THREADS)
@@ -196,7 +199,7 @@ class _Peer:
             self.index.add(x)
 
     def set_ef(self, ef: int) -> None:
-        if self.name == "duorank":
+        if self.name.startswith("duorank"):
             self.index.expansion_search = ef
         elif self.name == "usearch":
             self.index.expansion_search = ef
@@ -206,7 +209,7 @@ class _Peer:
             self.index.hnsw.efSearch = ef
 
     def search(self, q: np.ndarray) -> np.ndarray:
-        if self.name == "duorank":
+        if self.name.startswith("duorank"):
             return self.index.search(q, K).ids
         if self.name == "usearch":
             return np.atleast_2d(self.index.search(q, K, threads=THREADS).keys).astype(np.int64)
@@ -215,7 +218,8 @@ class _Peer:
         return self.index.search(q, K)[1]
 
 
-PEERS = ["duorank", "usearch", "hnswlib", "faiss"]
+# DUORANK_BENCH_ANN_PEERS=duorank,faiss (comma-separated) runs a subset
+PEERS = os.environ.get("DUORANK_BENCH_ANN_PEERS", "duorank,duorank-usearch,usearch,hnswlib,faiss").split(",")
 ROUNDS = 5  # timing rounds; each round times every peer in turn, so machine drift hits them alike
 
 

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
-from .hnsw_graph import UsearchGraph, built
+from .hnsw_graph import UsearchGraph, built, retyped
 from .index import Dtype, _kernels
 from .validate import as_ids, as_k, as_vectors
 
@@ -181,7 +181,7 @@ class HnswIndex:
 
         self._thaw()
         try:
-            if self.builder == "duorank" and v.shape[0] >= len(self):
+            if v.shape[0] >= len(self):
                 self._index = self._rebuilt(new_ids, v, tick if bar else None)
             else:
                 self._index.add(
@@ -204,6 +204,14 @@ class HnswIndex:
                 _kernels().normalize_rows(old, np.empty(keep.size, np.float32))
             ids = np.concatenate([keep, ids])
             v = np.concatenate([old, v])
+        if self.builder == "usearch":  # USearch builds on int8 codes; the file then gets the rows back
+            codes = self._usearch(Dtype.I8)
+            codes.add(ids.astype(np.uint64), v, threads=self.threads, progress=progress)
+            data = np.frombuffer(codes.save(), dtype=np.uint8)
+            del codes
+            if self.dtype is not Dtype.I8:
+                data = retyped(data, self.dim, ids, v, _USEARCH_DTYPE[self.dtype])
+            return self._restored(data, view=False)
         data = built(
             v,
             ids,

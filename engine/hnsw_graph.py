@@ -118,6 +118,27 @@ def built(
     return out
 
 
+def retyped(
+    data: NDArray[np.uint8], dim: int, ids: NDArray[np.int64], rows: NDArray[np.float32], dtype: str
+) -> NDArray[np.uint8]:
+    """The saved USearch index `data` with its stored vectors replaced by `rows` (float32, the row of each
+    id in `ids`, which must name every node) held as dtype "f32" or "f16": the same graph, read by USearch
+    as an index of that dtype. What lets a graph built on int8 codes serve float rows."""
+    scalar, np_type = {"f32": (11, np.float32), "f16": (12, np.float16)}[dtype]
+    g = UsearchGraph(data, dim, source="retyped")
+    n, _, head, width = _matrix(data, "retyped")
+    order = np.argsort(ids, kind="stable")
+    at = order[np.searchsorted(ids, g.keys, sorter=order)]
+    if n != ids.size or not np.array_equal(ids[at], g.keys):
+        raise IndexFormatError("retyped: the ids do not name the graph's nodes one for one")
+    stored = np.ascontiguousarray(rows[at], dtype=np_type)
+    cols = dim * stored.itemsize
+    dims = np.array([n, cols], np.uint32 if width == 4 else np.uint64).view(np.uint8)
+    out = np.concatenate([dims, stored.reshape(-1).view(np.uint8), data[head:]])
+    out[2 * width + n * cols + 14] = scalar  # the head's scalar kind (after magic and version)
+    return out
+
+
 class UsearchGraph:
     """search(queries, k, ef, slots=None) -> (ids, scores) over a saved USearch cosine index."""
 
