@@ -148,20 +148,13 @@ class Collection:
         store_dtype = Dtype.parse(dtype)
         vectors = ExactIndex(dim=dim, dtype=store_dtype if index == "exact" else Dtype.F32)
         ann = None
-        hnsw = {
+        hnsw: dict[str, Any] = {
             "connectivity": connectivity,
             "expansion_add": expansion_add,
             "expansion_search": expansion_search,
         }
         if index == "hnsw":
-            ann = HnswIndex(
-                dim=dim,
-                dtype=store_dtype,
-                threads=threads,
-                connectivity=connectivity,
-                expansion_add=expansion_add,
-                expansion_search=expansion_search,
-            )
+            ann = HnswIndex(dim=dim, dtype=store_dtype, threads=threads, **hnsw)
         folder.mkdir(parents=True, exist_ok=True)
         lock = _take_lock(folder / cls.LOCK)
         try:
