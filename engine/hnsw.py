@@ -56,7 +56,6 @@ class HnswIndex:
         threads: int = 0,
         builder: str = "duorank",
     ) -> None:
-
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         try:
@@ -193,9 +192,9 @@ class HnswIndex:
         return new_ids
 
     def _rebuilt(self, ids: NDArray[np.int64], v: NDArray[np.float32], progress: Any) -> Any:
-        """A new graph over the live rows and (ids, v), built by duorank (hnsw_graph.built) and handed to
-        USearch. Used when an add at least doubles the index, so it never costs more than inserting into the
-        old graph; removed rows' waypoints go with the old graph."""
+        """A new graph over the live rows and (ids, v), built by the index's builder and handed to USearch as
+        the bytes of its file. Used when an add at least doubles the index, so it never costs more than
+        inserting into the old graph; removed rows' waypoints go with the old graph."""
         if len(self):
             keep = np.asarray(self._index.keys, dtype=np.int64)
             old = np.asarray(self._index.get(keep.astype(np.uint64), dtype=np.float32), dtype=np.float32)
@@ -204,23 +203,25 @@ class HnswIndex:
                 _kernels().normalize_rows(old, np.empty(keep.size, np.float32))
             ids = np.concatenate([keep, ids])
             v = np.concatenate([old, v])
+        dtype = _USEARCH_DTYPE[self.dtype]
         if self.builder == "usearch":  # USearch builds on int8 codes; the file then gets the rows back
             codes = self._usearch(Dtype.I8)
             codes.add(ids.astype(np.uint64), v, threads=self.threads, progress=progress)
             data = np.frombuffer(codes.save(), dtype=np.uint8)
             del codes
             if self.dtype is not Dtype.I8:
-                data = retyped(data, self.dim, ids, v, _USEARCH_DTYPE[self.dtype])
-            return self._restored(data, view=False)
-        data = built(
-            v,
-            ids,
-            _USEARCH_DTYPE[self.dtype],
-            connectivity=self.config["connectivity"],
-            expansion_add=self.config["expansion_add"],
-            threads=self._threads(),
-            progress=progress,
-        )
+                data = retyped(data, self.dim, ids, v, dtype)
+        else:
+            c = self.config
+            data = built(
+                v,
+                ids,
+                dtype,
+                connectivity=c["connectivity"],
+                expansion_add=c["expansion_add"],
+                threads=self._threads(),
+                progress=progress,
+            )
         return self._restored(data, view=False)
 
     def remove(self, ids: ArrayLike) -> None:
