@@ -1,7 +1,8 @@
-"""A USearch HNSW graph read from its saved bytes, searched by duorank's Numba kernel (kernels/hnsw.py).
+"""A USearch HNSW graph in its saved bytes: written (`built`, `retyped`) and searched (`UsearchGraph`).
 
-USearch builds the graph (multi-threaded, its own file format, readable from C); searching it with USearch
-itself was 2-3x slower than hnswlib or FAISS at equal recall. This reads the saved form (a file mapped
+`built` writes the file for a graph duorank's kernel built (kernels/hnsw_build.py); `retyped` gives a
+graph USearch built on int8 codes its float rows back. Searching with USearch itself was 2-3x slower than
+hnswlib or FAISS at equal recall, so `UsearchGraph` reads the saved form (a file mapped
 read-only, or the bytes of `Index.save()`) into flat arrays once: the vectors stay a view of those bytes,
 the neighbour lists become int32 matrices (about 4 x (1 + 2M) bytes a node on level 0). The walk is the
 same algorithm, so on the same graph it returns the same results as USearch's search; see kernels/hnsw.py
@@ -90,9 +91,9 @@ def built(
     cnt_up = np.zeros(n_up, np.int32)
     step = max(1, min(n // 20, 200_000))
     done = min(1, n)
+    graph = (nbr0, cnt0, up_row, nbr_up, cnt_up)
     while done < n:
         stop = min(n, done + step)
-        graph = (nbr0, cnt0, up_row, nbr_up, cnt_up)
         kernels.hnsw_build(codes, scales, levels, order, done, stop, expansion_add, *graph, threads)
         done = stop
         if progress is not None:
