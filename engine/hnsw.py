@@ -242,9 +242,8 @@ class HnswIndex:
         min(k, allowed) results, or filters so selective that the walk would read most of the graph, are
         scored exactly over the allowed rows' stored vectors."""
         k = as_k(k)
-        q = as_vectors(queries, self.dim, "queries", copy=True)
+        q = as_vectors(queries, self.dim, "queries")  # the walk divides by each query's norm itself
         n = q.shape[0]
-        _kernels().normalize_rows(q, np.empty(n, np.float32))
         if n == 0 or len(self) == 0:
             return Hits(np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32))
         graph = self._searchable()
@@ -264,8 +263,10 @@ class HnswIndex:
         if todo.size:
             vecs = graph.rows(allow)
             present = graph.keys[allow]
-            for row in todo.tolist():
-                s = vecs @ q[row]
+            unit = q[todo].copy()
+            _kernels().normalize_rows(unit, np.empty(todo.size, np.float32))
+            for row, u in zip(todo.tolist(), unit):
+                s = vecs @ u
                 order = np.lexsort((present, -s))[:k]  # ties: the smaller id first
                 ids[row] = -1
                 scores[row] = -np.inf

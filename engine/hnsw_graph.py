@@ -89,12 +89,15 @@ def built(
     cnt0 = np.zeros(n, np.int32)
     nbr_up = np.zeros((n_up, m), np.int32)
     cnt_up = np.zeros(n_up, np.int32)
+    sim0 = np.zeros((n, m0), np.float32)  # each neighbour's similarity, needed only while building
+    sim_up = np.zeros((n_up, m), np.float32)
+    closed = np.zeros(n + n_up, np.uint8)  # which lists the heuristic closed (see kernels/hnsw_build.py)
     step = max(1, min(n // 20, 200_000))
     done = min(1, n)
-    graph = (nbr0, cnt0, up_row, nbr_up, cnt_up)
+    graph = (nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up)
     while done < n:
         stop = min(n, done + step)
-        kernels.hnsw_build(codes, scales, levels, order, done, stop, expansion_add, *graph, threads)
+        kernels.hnsw_build(codes, scales, levels, order, done, stop, expansion_add, *graph, closed, threads)
         done = stop
         if progress is not None:
             progress(done, n)
@@ -247,7 +250,7 @@ class UsearchGraph:
         slots: NDArray[np.int64] | None = None,
         threads: int = 1,
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Top-k (ids, scores) per row of normalised float32 queries, best first; (-1, -inf) pads rows where
+        """Top-k (ids, scores, cosines) per row of float32 queries, best first; (-1, -inf) pads rows where
         fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0; `slots` (from
         slots_of) restricts the results to those nodes."""
         nq = queries.shape[0]

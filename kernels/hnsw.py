@@ -4,7 +4,8 @@
 0..level) into flat arrays (`hnsw_tape` writes one from them); `hnsw_search` walks them: greedy descent
 through the upper levels, then a best-first beam of width `ef` on level 0, the algorithm USearch, hnswlib
 and FAISS share. Rows are stored vectors (float32, float16 as uint16 bits, or int8 codes with per-row
-scales) that the caller normalised, so the score is the dot product (cosine). While a node's neighbours are
+scales) that the caller normalised; the walk ranks by the dot product and the scores it returns are divided
+by the query's norm, so they are cosines and queries need no normalising copy. While a node's neighbours are
 scored, the next unvisited ones' vectors are prefetched: HNSW's time goes to cache misses on vectors, and
 this (hnswlib does the same) is what puts this walk ahead of USearch's own search on the same graph.
 
@@ -237,6 +238,10 @@ def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, ou
             tags[t] = 0
         tags[t] += np.uint32(1)
         nr = _walk(queries[q], graph, entry, top, mask, ef, seen, tags[t], heaps)
+        acc = 0.0  # the walk ranks by q . x; the scores are cosines: divide by the query's norm
+        for i in range(queries.shape[1]):
+            acc += np.float64(queries[q, i]) * np.float64(queries[q, i])
+        inv = np.float32(1.0 / np.sqrt(acc)) if acc > 0.0 else np.float32(0.0)
         for j in range(k):
             out_ids[q, j] = -1
             out_scores[q, j] = -np.inf
@@ -246,7 +251,7 @@ def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, ou
             nr = _heap_pop(rd, ri, nr)
             if nr < k:
                 out_ids[q, nr] = keys[i]
-                out_scores[q, nr] = s
+                out_scores[q, nr] = s * inv
 
 
 # Compiled on first use, not at import (unlike the other kernels): the tape and vectors are often a

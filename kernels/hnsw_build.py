@@ -49,7 +49,7 @@ def _list(lvl, c, nbr0, cnt0, up_row, nbr_up, cnt_up):  # type: ignore[no-untype
 def _beam(x, scales, p, start, lvl, ef, graph, seen, tag, heaps, out_ids, out_sims):  # type: ignore[no-untyped-def]
     """Best-first search for node p on level lvl from `start`; writes the (at most ef) nodes found into
     out_ids/out_sims, best first, and returns how many."""
-    nbr0, cnt0, up_row, nbr_up, cnt_up = graph
+    nbr0, _, cnt0, up_row, nbr_up, _, cnt_up = graph
     cd, ci, rd, ri = heaps
     s = _sim(x, scales, p, start)
     seen[start] = tag
@@ -85,13 +85,18 @@ def _beam(x, scales, p, start, lvl, ef, graph, seen, tag, heaps, out_ids, out_si
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _prune(x, scales, ids, sims, k, cap, out):  # type: ignore[no-untyped-def]
-    """The heuristic over candidates ids[:k] sorted best first: keep one unless a kept one is more similar
-    to it than the node is; at most cap. All of them when there are at most cap. Returns how many."""
+def _prune(x, scales, ids, sims, k, cap, out, out_sims):  # type: ignore[no-untyped-def]
+    """The heuristic over candidates ids[:k] (similarities sims[:k] to the node) sorted best first: keep
+    one unless a kept one is more similar to it than the node is; at most cap, all of them when there are
+    at most cap. Writes the kept ones and their similarities, best first; returns how many."""
     if k <= cap:
         for i in range(k):
             out[i] = ids[i]
+            out_sims[i] = sims[i]
         return k
+    for i in range(k):  # the pairwise similarities below read every candidate's row
+        for c in range(0, x.shape[1], 64):
+            _prefetch_at(x, ids[i], c)
     n = 0
     for i in range(k):
         c = ids[i]
@@ -102,6 +107,7 @@ def _prune(x, scales, ids, sims, k, cap, out):  # type: ignore[no-untyped-def]
                 break
         if good:
             out[n] = c
+            out_sims[n] = sims[i]
             n += 1
             if n == cap:
                 break
@@ -109,9 +115,10 @@ def _prune(x, scales, ids, sims, k, cap, out):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _search_batch(x, scales, nodes, levels, entry, top, ef, graph, seen, tag, heaps, cand, csim, sel, nsel):  # type: ignore[no-untyped-def]
-    """Phase 1 for nodes[...] (one thread's share): each node's neighbours on each of its levels."""
-    nbr0, cnt0, up_row, nbr_up, cnt_up = graph
+def _search_batch(x, scales, nodes, levels, entry, top, ef, graph, seen, tag, heaps, cand, csim, sel, ssim, nsel):  # type: ignore[no-untyped-def]
+    """Phase 1 for nodes[...] (one thread's share): each node's neighbours on each of its levels (ids in
+    sel, similarities in ssim, best first)."""
+    nbr0, _, cnt0, up_row, nbr_up, _, cnt_up = graph
     m0 = nbr0.shape[1]
     m = nbr_up.shape[1]
     for b in range(nodes.shape[0]):
@@ -137,58 +144,96 @@ def _search_batch(x, scales, nodes, levels, entry, top, ef, graph, seen, tag, he
                 tag[0] = 1
             k = _beam(x, scales, p, cur, lvl, ef, graph, seen, tag[0], heaps, cand, csim)
             cur = cand[0]
-            nsel[slot, lvl] = _prune(x, scales, cand, csim, k, m0 if lvl == 0 else m, sel[slot, lvl])
+            cap = m0 if lvl == 0 else m
+            nsel[slot, lvl] = _prune(x, scales, cand, csim, k, cap, sel[slot, lvl], ssim[slot, lvl])
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _receive(x, scales, d, lvl, srcs, graph, ids, sims, out):  # type: ignore[no-untyped-def]
-    """Phase 3 for node d on level lvl: add the new nodes srcs that chose it; a list that overflows is
-    pruned by the heuristic over its old and new members."""
-    nbr0, cnt0, up_row, nbr_up, cnt_up = graph
+def _admit(x, scales, row, rsim, k, c, s, ids, sims):  # type: ignore[no-untyped-def]
+    """Add c (similarity s to the list's node) to the full list row[:k] / rsim[:k] that the heuristic
+    closed (no member is more similar to an earlier member than to the node), keeping exactly what the
+    heuristic over the list plus c keeps, for at most k scores instead of up to k**2 / 2: c stays unless
+    an earlier member occludes it; then the later members that c occludes drop out, and the list is cut
+    at its capacity. The list stays closed. ids / sims: scratch of length >= k. Returns the new length."""
+    p = 0
+    while p < k and rsim[p] >= s:
+        p += 1
+    if p == row.shape[0]:  # last of cap + 1: cut
+        return k
+    for j in range(p):
+        if _sim(x, scales, c, row[j]) > s:
+            return k
+    n = 0
+    for j in range(p, k):  # the later members that c does not occlude
+        if _sim(x, scales, row[j], c) <= rsim[j]:
+            ids[n] = row[j]
+            sims[n] = rsim[j]
+            n += 1
+    row[p] = c
+    rsim[p] = s
+    n = min(n, row.shape[0] - p - 1)
+    for j in range(n):
+        row[p + 1 + j] = ids[j]
+        rsim[p + 1 + j] = sims[j]
+    return p + 1 + n
+
+
+@nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _receive(x, scales, d, lvl, srcs, src_sims, graph, closed, ids, sims, out, out_sims):  # type: ignore[no-untyped-def]
+    """Phase 3 for node d on level lvl: merge the new nodes srcs (similarities src_sims to d) that chose
+    it into its list, kept sorted best first with its similarities. A list that overflows is pruned by the
+    heuristic; a full list that the heuristic closed (closed[d], closed[n + row] above level 0) takes new
+    members through _admit. Either way no old member is scored against d again."""
+    nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up = graph
     if lvl == 0:
         row = nbr0[d]
+        rsim = sim0[d]
         cnt = cnt0[d : d + 1]
+        f = d
     else:
         r = up_row[d] + lvl - 1
         row = nbr_up[r]
+        rsim = sim_up[r]
         cnt = cnt_up[r : r + 1]
+        f = nbr0.shape[0] + r
     cap = row.shape[0]
     k = cnt[0]
-    for j in range(k):
-        ids[j] = row[j]
-    for s in srcs:
-        dup = False
-        for j in range(k):
-            if ids[j] == s:
-                dup = True
-                break
-        if not dup:
-            ids[k] = s
-            k += 1
-    if k <= cap:
-        for j in range(k):
-            row[j] = ids[j]
+    if closed[f] and k == cap:
+        for t in range(srcs.shape[0]):
+            k = _admit(x, scales, row, rsim, k, srcs[t], src_sims[t], ids, sims)
         cnt[0] = k
         return
     for j in range(k):
-        sims[j] = _sim(x, scales, d, ids[j])
-    order = np.argsort(-sims[:k])
-    ids[:k] = ids[:k][order]
-    sims[:k] = sims[:k][order]
-    n = _prune(x, scales, ids, sims, k, cap, out)
+        ids[j] = row[j]
+        sims[j] = rsim[j]
+    for t in range(srcs.shape[0]):  # insertion into the sorted list (a new node is in no list yet)
+        s = src_sims[t]
+        j = k
+        while j > 0 and sims[j - 1] < s:
+            ids[j] = ids[j - 1]
+            sims[j] = sims[j - 1]
+            j -= 1
+        ids[j] = srcs[t]
+        sims[j] = s
+        k += 1
+    n = _prune(x, scales, ids, sims, k, cap, out, out_sims)
+    closed[f] = k > cap  # appended unchecked when it fit
     for j in range(n):
         row[j] = out[j]
+        rsim[j] = out_sims[j]
     cnt[0] = n
 
 
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nbr_up, cnt_up, threads):  # type: ignore[no-untyped-def]
+def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up, closed, threads):  # type: ignore[no-untyped-def]
     """Insert nodes order[start:stop] (start >= 1: order[:start] are in) into the graph of the int8 rows x
     (codes of normalised rows, row r ~ x[r] * scales[r]): nbr0 (n, 2M) / cnt0 for level 0, nbr_up (sum of
-    levels, M) / cnt_up for the levels above, node i's level-l list in row up_row[i] + l - 1. `order`
+    levels, M) / cnt_up for the levels above, node i's level-l list in row up_row[i] + l - 1; sim0 / sim_up
+    (float32, shaped like the lists) hold each neighbour's similarity, lists sorted best first; closed
+    (uint8, n + sum of levels) marks the lists the heuristic last pruned (level 0, then the rows above). `order`
     lists every node by level, highest first, so order[0] is the entry and its level the top."""
     n = x.shape[0]
-    graph = (nbr0, cnt0, up_row, nbr_up, cnt_up)
+    graph = (nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up)
     entry = order[0]
     top = np.int64(levels[entry])
     m0 = nbr0.shape[1]
@@ -206,6 +251,7 @@ def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nb
     lmax = top + 1
     bmax = max(1, stop // 50)
     sel = np.empty((bmax, lmax, m0), np.int32)
+    ssim = np.empty((bmax, lmax, m0), np.float32)
     nsel = np.zeros((bmax, lmax), np.int32)
     done = start
     while done < stop:
@@ -237,6 +283,7 @@ def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nb
                     cands[t],
                     csims[t],
                     sel,
+                    ssim,
                     nsel,
                 )
         # phase 2: the new nodes' own lists, and their reverse links keyed (receiver, level)
@@ -247,14 +294,17 @@ def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nb
                 k = nsel[b, lvl]
                 if lvl == 0:
                     nbr0[p, :k] = sel[b, 0, :k]
+                    sim0[p, :k] = ssim[b, 0, :k]
                     cnt0[p] = k
                 else:
                     r = up_row[p] + lvl - 1
                     nbr_up[r, :k] = sel[b, lvl, :k]
+                    sim_up[r, :k] = ssim[b, lvl, :k]
                     cnt_up[r] = k
                 nreq += k
         keys = np.empty(nreq, np.int64)
         srcs = np.empty(nreq, np.int32)
+        src_sims = np.empty(nreq, np.float32)
         i = 0
         for b in range(size):
             p = batch[b]
@@ -262,10 +312,12 @@ def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nb
                 for j in range(nsel[b, lvl]):
                     keys[i] = np.int64(sel[b, lvl, j]) * lmax + lvl
                     srcs[i] = p
+                    src_sims[i] = ssim[b, lvl, j]
                     i += 1
         srt = np.argsort(keys, kind="mergesort")
         keys = keys[srt]
         srcs = srcs[srt]
+        src_sims = src_sims[srt]
         bounds = np.empty(nreq + 1, np.int64)
         ng = 0
         for i in range(nreq):
@@ -279,8 +331,23 @@ def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, cnt0, up_row, nb
             ids = np.empty(cap + size, np.int32)
             sims = np.empty(cap + size, np.float32)
             out = np.empty(cap, np.int32)
+            out_sims = np.empty(cap, np.float32)
             for g in range(t * gstep, min(ng, (t + 1) * gstep)):
                 key = keys[bounds[g]]
-                srcs_g = srcs[bounds[g] : bounds[g + 1]]
-                _receive(x, scales, key // lmax, key % lmax, srcs_g, graph, ids, sims, out)
+                lo = bounds[g]
+                hi = bounds[g + 1]
+                _receive(
+                    x,
+                    scales,
+                    key // lmax,
+                    key % lmax,
+                    srcs[lo:hi],
+                    src_sims[lo:hi],
+                    graph,
+                    closed,
+                    ids,
+                    sims,
+                    out,
+                    out_sims,
+                )
         done += size

@@ -328,3 +328,40 @@ def test_adds_extend_the_graph_or_rebuild_it_and_removed_rows_stay_gone(rng):
     assert not np.isin(got, np.arange(10)).any()
     unit = x[10:] / np.linalg.norm(x[10:], axis=1, keepdims=True)
     np.testing.assert_array_equal(np.asarray(h._index.get(np.arange(10, 3_100, dtype=np.uint64))), unit)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(12, 80),
+    cap=st.integers(2, 10),
+    newcomer=st.integers(0, 1000),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_builder_admits_into_a_closed_list_as_the_heuristic_would(n, cap, newcomer, seed):
+    """The builder's shortcut for a full list the heuristic closed (kernels/hnsw_build.py `_admit`) keeps
+    exactly what the heuristic over the list plus the newcomer keeps, wherever the newcomer ranks."""
+    import importlib
+
+    hb = importlib.import_module("duorank.kernels.hnsw_build")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-127, 128, (n, 12)).astype(np.int8)
+    x[x.sum(axis=1) == 0, 0] = 1
+    scales = (1 / np.linalg.norm(x.astype(np.float32), axis=1)).astype(np.float32)
+    sims = np.array([hb._sim(x, scales, 0, i) for i in range(n)], np.float32)
+    cand = (np.argsort(-sims[1:], kind="stable") + 1).astype(np.int32)
+    c = cand[newcomer % cand.size]
+    cand = cand[cand != c]
+    row = np.empty(cap, np.int32)
+    rsim = np.empty(cap, np.float32)
+    k = hb._prune(x, scales, cand, sims[cand], cand.size, cap, row, rsim)
+    if cand.size <= cap or k < cap:  # the heuristic did not run, or left room: no shortcut
+        return
+    at = int((rsim >= sims[c]).sum())  # the list is sorted best first; ties: the newcomer after
+    merged = np.insert(row, at, c).astype(np.int32)
+    want = np.empty(cap, np.int32)
+    want_sims = np.empty(cap, np.float32)
+    kept = hb._prune(x, scales, merged, sims[merged], merged.size, cap, want, want_sims)
+    got = hb._admit(x, scales, row, rsim, cap, c, sims[c], np.empty(cap, np.int32), np.empty(cap, np.float32))
+    assert got == kept
+    np.testing.assert_array_equal(row[:got], want[:kept])
+    np.testing.assert_array_equal(rsim[:got], want_sims[:kept])
