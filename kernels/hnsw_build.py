@@ -115,7 +115,9 @@ def _prune(x, scales, ids, sims, k, cap, out, out_sims):  # type: ignore[no-unty
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _search_batch(x, scales, nodes, levels, entry, top, ef, graph, seen, tag, heaps, cand, csim, sel, ssim, nsel):  # type: ignore[no-untyped-def]
+def _search_batch(  # type: ignore[no-untyped-def]
+    x, scales, nodes, levels, entry, top, ef, graph, seen, tag, heaps, cand, csim, sel, ssim, nsel
+):
     """Phase 1 for nodes[...] (one thread's share): each node's neighbours on each of its levels (ids in
     sel, similarities in ssim, best first)."""
     nbr0, _, cnt0, up_row, nbr_up, _, cnt_up = graph
@@ -225,13 +227,30 @@ def _receive(x, scales, d, lvl, srcs, src_sims, graph, closed, ids, sims, out, o
 
 
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH)
-def hnsw_build(x, scales, levels, order, start, stop, ef, nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up, closed, threads):  # type: ignore[no-untyped-def]
+def hnsw_build(  # type: ignore[no-untyped-def]
+    x,
+    scales,
+    levels,
+    order,
+    start,
+    stop,
+    ef,
+    nbr0,
+    sim0,
+    cnt0,
+    up_row,
+    nbr_up,
+    sim_up,
+    cnt_up,
+    closed,
+    threads,
+):
     """Insert nodes order[start:stop] (start >= 1: order[:start] are in) into the graph of the int8 rows x
     (codes of normalised rows, row r ~ x[r] * scales[r]): nbr0 (n, 2M) / cnt0 for level 0, nbr_up (sum of
     levels, M) / cnt_up for the levels above, node i's level-l list in row up_row[i] + l - 1; sim0 / sim_up
     (float32, shaped like the lists) hold each neighbour's similarity, lists sorted best first; closed
-    (uint8, n + sum of levels) marks the lists the heuristic last pruned (level 0, then the rows above). `order`
-    lists every node by level, highest first, so order[0] is the entry and its level the top."""
+    (uint8, n + sum of levels) marks the lists the heuristic last pruned (level 0, then the rows above).
+    `order` lists every node by level, highest first, so order[0] is the entry and its level the top."""
     n = x.shape[0]
     graph = (nbr0, sim0, cnt0, up_row, nbr_up, sim_up, cnt_up)
     entry = order[0]
