@@ -219,7 +219,8 @@ class UsearchGraph:
             self.cnt_up,
             self.keys,
         )
-        self._scratch: dict[int, tuple[NDArray[np.uint32], NDArray[np.uint32]]] = {}
+        # visit tags, one byte a node (hnswlib: two, FAISS: one): read at random by every walk
+        self._scratch: dict[int, tuple[NDArray[np.uint8], NDArray[np.uint8]]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -271,8 +272,8 @@ class UsearchGraph:
             fn(q, self.arrays, self.entry, self.top, mask, max(ef, k), seen, tags, ids, scores)
         return ids, scores
 
-    def _visits(self, nt: int) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    def _visits(self, nt: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
         got = self._scratch.get(nt)
         if got is None:
-            got = self._scratch[nt] = (np.zeros((nt, self.keys.size), np.uint32), np.zeros(nt, np.uint32))
+            got = self._scratch[nt] = (np.zeros((nt, self.keys.size), np.uint8), np.zeros(nt, np.uint8))
         return got

@@ -23,6 +23,27 @@ def row_dot(q, x, r, scales):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def row_dot4(q, x, a, b, c, d, scales):  # type: ignore[no-untyped-def]
+    """row_dot of q with rows a, b, c, d in one pass: four rows' loads in flight at once."""
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    for i in range(q.shape[0]):
+        v = q[i]
+        s0 += v * as_f32(x[a, i])
+        s1 += v * as_f32(x[b, i])
+        s2 += v * as_f32(x[c, i])
+        s3 += v * as_f32(x[d, i])
+    if scales.shape[0] > 0:
+        s0 *= scales[a]
+        s1 *= scales[b]
+        s2 *= scales[c]
+        s3 *= scales[d]
+    return s0, s1, s2, s3
+
+
+@nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def dot_4q(queries, q, x, r):  # type: ignore[no-untyped-def]
     """Dots of queries q..q+3 with row r: each loaded row element feeds four FMAs (~2x one at a time)."""
     s0 = np.float32(0.0)

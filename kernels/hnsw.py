@@ -21,7 +21,7 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .dot import FASTMATH, row_dot
+from .dot import FASTMATH, row_dot, row_dot4
 
 
 @intrinsic
@@ -180,6 +180,7 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
     """One query: returns the size of the result heap (min-heap of scores, at most ef allowed nodes)."""
     x, scales, nbr0, cnt0, up_row, nbr_up, cnt_up, _ = graph
     cd, ci, rd, ri = heaps
+    fresh = np.empty(nbr0.shape[1], np.int32)
     cur = entry
     best = row_dot(q, x, cur, scales)
     for lvl in range(top, 0, -1):  # greedy descent: move to the best neighbour until none is better
@@ -205,22 +206,33 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
         if nr >= ef and s0 < rd[0]:
             break
         nc = _heap_pop(cd, ci, nc)
-        for j in range(cnt0[c0]):
+        m = 0
+        for j in range(cnt0[c0]):  # the unvisited neighbours, their vectors' first lines requested
             c = nbr0[c0, j]
             if seen[c] != tag:
+                seen[c] = tag
+                fresh[m] = c
+                m += 1
                 _prefetch_at(x, c, 0)
-        for j in range(cnt0[c0]):
-            c = nbr0[c0, j]
-            if seen[c] == tag:
-                continue
-            seen[c] = tag
-            s = row_dot(q, x, c, scales)
-            if nr < ef or s > rd[0]:
-                nc = _heap_push(cd, ci, nc, -s, c)
-                if mask[c]:
-                    nr = _heap_push(rd, ri, nr, s, c)
-                    if nr > ef:
-                        nr = _heap_pop(rd, ri, nr)
+        for j in range(0, m, 4):  # four rows at a time: four independent streams of loads in flight
+            if j + 4 <= m:
+                s4 = row_dot4(q, x, fresh[j], fresh[j + 1], fresh[j + 2], fresh[j + 3], scales)
+            else:
+                s4 = (
+                    row_dot(q, x, fresh[j], scales),
+                    row_dot(q, x, fresh[min(j + 1, m - 1)], scales),
+                    row_dot(q, x, fresh[min(j + 2, m - 1)], scales),
+                    np.float32(0.0),
+                )
+            for u in range(min(4, m - j)):
+                c = fresh[j + u]
+                s = s4[u]
+                if nr < ef or s > rd[0]:
+                    nc = _heap_push(cd, ci, nc, -s, c)
+                    if mask[c]:
+                        nr = _heap_push(rd, ri, nr, s, c)
+                        if nr > ef:
+                            nr = _heap_pop(rd, ri, nr)
     return nr
 
 
@@ -233,10 +245,10 @@ def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, ou
     ri = np.empty(ef + 1, np.int32)
     heaps = (np.empty(n + 1, np.float32), np.empty(n + 1, np.int32), rd, ri)
     for q in range(lo, hi):
-        if tags[t] == np.uint32(0xFFFFFFFF):  # the visit tags wrap: start a clean slate
+        if tags[t] == 255:  # the visit tags (one byte a node) wrap: start a clean slate
             seen[:] = 0
             tags[t] = 0
-        tags[t] += np.uint32(1)
+        tags[t] += np.uint8(1)
         nr = _walk(queries[q], graph, entry, top, mask, ef, seen, tags[t], heaps)
         acc = 0.0  # the walk ranks by q . x; the scores are cosines: divide by the query's norm
         for i in range(queries.shape[1]):
@@ -264,7 +276,7 @@ def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, ou
 @nb.njit(cache=True, nogil=True)
 def hnsw_search(queries, graph, entry, top, mask, ef, seen, tags, out_ids, out_scores):  # type: ignore[no-untyped-def]
     """Serial top-k (k = out_ids.shape[1] <= ef) per query, best first; (-1, -inf) where fewer than k
-    allowed nodes were found. seen (one row, n uint32 visit tags) and tags (its counter) carry over between
+    allowed nodes were found. seen (one row, n uint8 visit tags) and tags (its counter) carry over between
     calls, so no call clears an n-sized array."""
     _search_rows(
         queries, 0, queries.shape[0], graph, entry, top, mask, ef, seen[0], tags, 0, out_ids, out_scores

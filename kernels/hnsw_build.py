@@ -201,8 +201,18 @@ def _receive(x, scales, d, lvl, srcs, src_sims, graph, closed, ids, sims, out, o
     cap = row.shape[0]
     k = cnt[0]
     if closed[f] and k == cap:
-        for t in range(srcs.shape[0]):
-            k = _admit(x, scales, row, rsim, k, srcs[t], src_sims[t], ids, sims)
+        m = 0
+        for t in range(srcs.shape[0]):  # best first, as the heuristic over them all would meet them
+            j = m
+            while j > 0 and sims[j - 1] < src_sims[t]:
+                ids[j] = ids[j - 1]
+                sims[j] = sims[j - 1]
+                j -= 1
+            ids[j] = srcs[t]
+            sims[j] = src_sims[t]
+            m += 1
+        for t in range(m):
+            k = _admit(x, scales, row, rsim, k, ids[t], sims[t], out, out_sims)
         cnt[0] = k
         return
     for j in range(k):

@@ -217,6 +217,20 @@ def test_search_after_changes_sees_them(rng):
     assert len(h) == 399
 
 
+def test_one_query_at_a_time_across_the_visit_tag_wrap(data):
+    """Single-query searches past 255 walks (the one-byte visit tags wrap and are cleared) and unnormalised
+    queries return what the batch of unit queries returns, scores as cosines."""
+    x, q, _ = data
+    h = HnswIndex(dim=48, threads=1)
+    h.add(x)
+    batch = h.search(q, 10)
+    for _ in range(2):
+        for i in range(q.shape[0]):
+            got = h.search(3.5 * q[i], 10)
+            np.testing.assert_array_equal(got.ids[0], batch.ids[i])
+            np.testing.assert_allclose(got.scores[0], batch.scores[i], atol=1e-5)
+
+
 def test_concurrent_searches_from_threads_agree(data):
     from concurrent.futures import ThreadPoolExecutor
 
