@@ -129,7 +129,9 @@ TABLES["ann"] = _table
 # the best peer at each target (p50: theirs / ours, q/s: ours / theirs; above 1 means duorank is faster).
 
 SCALE_N = int(os.environ.get("DUORANK_BENCH_ANN_N", "100000"))
-SCALE_EFS = [16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024]
+# every library gets the same grid; steps of 4-8 up to 64, so no one is timed far above its target
+SCALE_EFS = [16, 24, 32, 36, 40, 44, 48, 52, 56, 64, 72, 80, 88, 96, 104, 112, 128, 144, 160, 192, 224, 256]
+SCALE_EFS += [320, 384, 512, 768, 1024]
 TARGETS = [0.95, 0.99]
 
 
