@@ -5,9 +5,11 @@
 through the upper levels, then a best-first beam of width `ef` on level 0, the algorithm USearch, hnswlib
 and FAISS share. Rows are stored vectors (float32, float16 as uint16 bits, or int8 codes with per-row
 scales) that the caller normalised; the walk ranks by the dot product and the scores it returns are divided
-by the query's norm, so they are cosines and queries need no normalising copy. While a node's neighbours are
-scored, the next unvisited ones' vectors are prefetched: HNSW's time goes to cache misses on vectors, and
-this (hnswlib does the same) is what puts this walk ahead of USearch's own search on the same graph.
+by the query's norm, so they are cosines and queries need no normalising copy. HNSW's time goes to cache
+misses on vectors: when a node is expanded, the first cache line of each unvisited neighbour's vector is
+requested at once (hnswlib does the same), then the neighbours are scored four rows at a time (`row_dot4`,
+as FAISS does), so four streams of loads are in flight. That is what puts this walk ahead of USearch's
+own search on the same graph (2-3x) and level with FAISS's walk per distance computed.
 
 `mask[slot]` (uint8) says which nodes may be returned: removed nodes (key = 2**64 - 1) and nodes outside a
 filter stay traversable, as in hnswlib's filtered search, so the walk still reaches the allowed ones.

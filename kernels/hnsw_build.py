@@ -12,6 +12,14 @@ for the new node's own list on every level and let reverse links fill level 0): 
 reaches a recall with a smaller beam, so fewer distance computations per query. A receiving list that is
 full is pruned again by the same heuristic over its old and new candidates.
 
+That re-pruning was half the build (every list fills up, so nearly every reverse link meets a full list,
+and the heuristic scores up to (2M)**2 / 2 pairs of members). Two things make it cheap: each list keeps
+its members' similarities to its node, sorted best first, so no member is scored against the node again;
+and a list the heuristic produced is closed (no member is more similar to an earlier one than to the
+node), so a newcomer needs only its scores against the list (`_admit`): it stays unless an earlier member
+occludes it, and it pushes out the later members it occludes. That is exactly what the heuristic over
+the list plus the newcomer keeps (tested), for at most 2M scores instead of hundreds.
+
 Rows are int8 codes of normalised rows with one scale each (kernels/quantize.py): the similarity is the
 dot product of the codes times both scales, and a row's codes are a quarter of its float32 bytes.
 """
