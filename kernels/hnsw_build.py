@@ -158,10 +158,23 @@ def _search_batch(  # type: ignore[no-untyped-def]
             nsel[slot, lvl] = _prune(x, scales, cand, csim, k, cap, sel[slot, lvl], ssim[slot, lvl])
 
 
+@nb.njit(cache=True, nogil=True)
+def _insert(ids, sims, k, c, s):  # type: ignore[no-untyped-def]
+    """Insert c (similarity s) into ids[:k] / sims[:k], sorted best first, after equal ones; returns k + 1."""
+    j = k
+    while j > 0 and sims[j - 1] < s:
+        ids[j] = ids[j - 1]
+        sims[j] = sims[j - 1]
+        j -= 1
+    ids[j] = c
+    sims[j] = s
+    return k + 1
+
+
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _admit(x, scales, row, rsim, k, c, s, ids, sims):  # type: ignore[no-untyped-def]
-    """Add c (similarity s to the list's node) to the full list row[:k] / rsim[:k] that the heuristic
-    closed (no member is more similar to an earlier member than to the node), keeping exactly what the
+    """Add c (similarity s to the list's node) to the list row[:k] / rsim[:k] that the heuristic closed
+    (no member is more similar to an earlier member than to the node), keeping exactly what the
     heuristic over the list plus c keeps, for at most k scores instead of up to k**2 / 2: c stays unless
     an earlier member occludes it; then the later members that c occludes drop out, and the list is cut
     at its capacity. The list stays closed. ids / sims: scratch of length >= k. Returns the new length."""
@@ -211,14 +224,7 @@ def _receive(x, scales, d, lvl, srcs, src_sims, graph, closed, ids, sims, out, o
     if closed[f] and k == cap:
         m = 0
         for t in range(srcs.shape[0]):  # best first, as the heuristic over them all would meet them
-            j = m
-            while j > 0 and sims[j - 1] < src_sims[t]:
-                ids[j] = ids[j - 1]
-                sims[j] = sims[j - 1]
-                j -= 1
-            ids[j] = srcs[t]
-            sims[j] = src_sims[t]
-            m += 1
+            m = _insert(ids, sims, m, srcs[t], src_sims[t])
         for t in range(m):
             k = _admit(x, scales, row, rsim, k, ids[t], sims[t], out, out_sims)
         cnt[0] = k
@@ -226,16 +232,8 @@ def _receive(x, scales, d, lvl, srcs, src_sims, graph, closed, ids, sims, out, o
     for j in range(k):
         ids[j] = row[j]
         sims[j] = rsim[j]
-    for t in range(srcs.shape[0]):  # insertion into the sorted list (a new node is in no list yet)
-        s = src_sims[t]
-        j = k
-        while j > 0 and sims[j - 1] < s:
-            ids[j] = ids[j - 1]
-            sims[j] = sims[j - 1]
-            j -= 1
-        ids[j] = srcs[t]
-        sims[j] = s
-        k += 1
+    for t in range(srcs.shape[0]):  # a new node is in no list yet: no duplicates to look for
+        k = _insert(ids, sims, k, srcs[t], src_sims[t])
     n = _prune(x, scales, ids, sims, k, cap, out, out_sims)
     closed[f] = k > cap  # appended unchecked when it fit
     for j in range(n):
