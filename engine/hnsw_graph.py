@@ -251,7 +251,7 @@ class UsearchGraph:
         slots: NDArray[np.int64] | None = None,
         threads: int = 1,
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Top-k (ids, scores, cosines) per row of float32 queries, best first; (-1, -inf) pads rows where
+        """Top-k (ids, cosine scores) per row of float32 queries, best first; (-1, -inf) pads rows where
         fewer than k allowed nodes were reached. ef (raised to k) is the beam width on level 0; `slots` (from
         slots_of) restricts the results to those nodes."""
         nq = queries.shape[0]
