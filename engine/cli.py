@@ -10,6 +10,7 @@ from typing import Any
 
 log = logging.getLogger("duorank.cli")
 
+SPIN_HELP = "onnxruntime's threads spin between nodes while a call runs: faster for one caller at a time"
 SYSTEMS = ("bm25", "dense", "hybrid", "bm25+embedding", "dense+cross", "hybrid+cross")  # = eval.run.SYSTEMS
 
 EXPORT_EXAMPLES = """examples:
@@ -218,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", metavar="DIR", help="write report.json, report.md and plots here")
     r.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
-    r.add_argument("--threads", type=int, help="onnxruntime threads (default: 1)")
+    r.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+    r.add_argument("--spin", action="store_true", help=SPIN_HELP)
     _device_options(r)
     for task, helptext in (
         ("sts", "STS Benchmark: Spearman of cosine vs gold"),
@@ -233,7 +235,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         t.add_argument("--data", required=True, metavar="PATH")
         t.add_argument("--model", default="default")
-        t.add_argument("--threads", type=int)
+        t.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+        t.add_argument("--spin", action="store_true", help=SPIN_HELP)
         _device_options(t)
     _engine_commands(sub)
     ds = sub.add_parser("datasets", help="fetch public BEIR datasets into the cache (needs network)")
@@ -612,7 +615,9 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .eval import run
     from .models import Embedder
 
-    emb = Embedder.load(args.model, device=args.device, variant=args.variant, threads=args.threads)
+    emb = Embedder.load(
+        args.model, device=args.device, variant=args.variant, threads=args.threads, spin=args.spin
+    )
     if args.eval_command != "retrieval":
         fn = {"sts": run.sts, "classification": run.classification, "clustering": run.clustering}
         print(json.dumps(fn[args.eval_command](emb, args.data), indent=1))
@@ -622,7 +627,11 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .models import Reranker
 
     data = load_beir(args.dataset, args.split, ignore_identical_ids=args.ignore_identical_ids)
-    rr = Reranker.load(args.reranker, device=args.device, threads=args.threads) if args.reranker else None
+    rr = (
+        Reranker.load(args.reranker, device=args.device, threads=args.threads, spin=args.spin)
+        if args.reranker
+        else None
+    )
     systems = args.systems.split(",") if args.systems else None
     report = run.retrieval(data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems)
     if args.out:

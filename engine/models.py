@@ -196,19 +196,31 @@ def _a(kind: str) -> str:
 
 
 def _session(
-    path: Path, device: str, threads: int | None, *, graph: Callable[[], bytes] | None = None
+    path: Path,
+    device: str,
+    threads: int | None,
+    *,
+    spin: bool = False,
+    graph: Callable[[], bytes] | None = None,
 ) -> Any:
     """An onnxruntime session of `path`, or on CUDA of the graph that `graph()` builds (called once the
-    CUDA provider is known to be there)."""
+    CUDA provider is known to be there).
+
+    spin=False: the pool's threads sleep between the graph's nodes (passive waiting), so concurrent work
+    (another call, a search in another thread) keeps the cores. spin=True: they spin between nodes while a
+    call runs and stop when it returns (`session.force_spinning_stop`), so nothing is taken from the work
+    that follows; faster for one caller at a time, slower when calls overlap (README "Spinning")."""
     import onnxruntime as ort
 
+    if not isinstance(spin, bool):
+        raise TypeError(f"spin {spin!r}, expected True or False")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = DEFAULT_THREADS if threads is None else int(threads)
     so.inter_op_num_threads = 1
-    # Passive waiting: a spinning pool steals the core the caller needs on small machines (PERF.md).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3
     if device == "cpu":
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -279,6 +291,7 @@ class _Model:
         variant: str | None,
         threads: int | None,
         batch_tokens: int | None,
+        spin: bool = False,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -330,7 +343,10 @@ class _Model:
             log.info("%s int8 on CUDA: weights expanded, runs in %s", folder.name, self.expanded_precision)
             return model.SerializeToString()  # type: ignore[no-any-return]
 
-        self.session = _session(path, device, threads, graph=expanded if self.dequantized else None)
+        self.spin = spin
+        self.session = _session(
+            path, device, threads, spin=spin, graph=expanded if self.dequantized else None
+        )
         self._inputs = [i.name for i in self.session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
@@ -408,8 +424,11 @@ class Embedder(_Model):
         variant: str | None = None,
         threads: int | None = None,
         batch_tokens: int | None = None,
+        spin: bool = False,
         verify: bool = True,
     ) -> Embedder:
+        """spin=True: onnxruntime's threads spin between nodes while a call runs (faster for one caller at a
+        time, slower when calls overlap; README "Spinning")."""
         folder = resolve(name_or_path, cls.kind)
         return cls(
             folder,
@@ -418,6 +437,7 @@ class Embedder(_Model):
             variant=variant,
             threads=threads,
             batch_tokens=batch_tokens,
+            spin=spin,
         )
 
     @property
@@ -558,10 +578,11 @@ class Reranker(_Model):
         stride: int | None = None,
         aggregate: str = "max",
         max_query_tokens: int | None = None,
+        spin: bool = False,
         verify: bool = True,
     ) -> Reranker:
         """long_documents: None takes the model's recorded choice (a reranker trained on truncated
-        documents records "truncate"), else "windows"."""
+        documents records "truncate"), else "windows". spin: as `Embedder.load`."""
         folder = resolve(name_or_path, cls.kind)
         manifest = read_manifest(folder, verify=verify)
         if long_documents is None:
@@ -577,6 +598,7 @@ class Reranker(_Model):
             stride=stride,
             aggregate=aggregate,
             max_query_tokens=max_query_tokens,
+            spin=spin,
         )
 
     @property

@@ -125,6 +125,29 @@ def test_concurrent_calls_from_threads(default_embedder):
         np.testing.assert_allclose(results[i], expected[i::4], atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_spinning_pool_computes_the_same_and_stops_spinning_after_each_call(
+    default_embedder, reranker_folder, variant
+):
+    """spin=True changes how the pool's threads wait, not what they compute; every session stops spinning
+    when its call returns, so the work that follows (a Numba search) gets the cores."""
+    passive = Embedder.load(default_embedder.folder, variant=variant, threads=2)
+    spun = Embedder.load(default_embedder.folder, variant=variant, threads=2, spin=True)
+    assert spun.spin and not passive.spin
+    for emb, spinning in ((passive, "0"), (spun, "1")):
+        options = emb.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert options.intra_op_num_threads == 2
+    texts = TEXTS + [f"text {i} " * (i % 50 + 1) for i in range(64)]
+    np.testing.assert_allclose(spun.encode(texts), passive.encode(texts), atol=1e-6)
+    rr = Reranker.load(reranker_folder, threads=2, spin=True)
+    spinning = rr.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert rr.spin and spinning == "1"
+    with pytest.raises(TypeError, match=r"spin 'yes', expected True or False"):
+        Embedder.load(default_embedder.folder, spin="yes")  # type: ignore[arg-type]
+
+
 def test_query_kind_and_unnormalised(default_embedder):
     q = default_embedder.encode(["hello"], "query")
     d = default_embedder.encode(["hello"], "document")
