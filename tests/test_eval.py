@@ -307,9 +307,10 @@ def test_eval_command_device_and_variant(tmp_path, default_embedder, capsys, cap
     data = str(_beir(tmp_path / "mini"))
     args = ["eval", "retrieval", "--dataset", data, "--systems", "dense", "--top-k", "3", "--top-n", "2"]
     args.append("--json")
-    assert main([*args, "--variant", "int8"]) == 0
+    assert main([*args, "--variant", "int8", "--threads", "2", "--spin"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["config"]["embedder"]["variant"] == "int8"
+    assert report["config"]["embedder"]["threads"] == 2 and report["config"]["embedder"]["spin"] is True
     assert report["config"]["embedder"]["device"] == "cpu"
     assert report["config"]["embedder"]["providers"] == ["CPUExecutionProvider"]
     rc = main([*args, "--device", "cuda"])

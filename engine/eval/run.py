@@ -293,6 +293,8 @@ def _model_config(model: Any) -> dict[str, Any] | None:
         "variant": model.variant,
         "device": model.device,
         "providers": model.session.get_providers(),
+        "threads": model.session.get_session_options().intra_op_num_threads,
+        "spin": model.spin,
         "sha256": m["files"][VARIANTS[model.variant]]["sha256"],
         "source": m.get("source", {}),
         "max_length": m.get("max_length"),
