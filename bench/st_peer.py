@@ -22,9 +22,12 @@ from typing import Any
 
 
 def measure(what: str, folder: str, texts: list[str], threads: int, query: str) -> dict[str, float]:
-    import numpy as np
     import sentence_transformers as st
     import torch
+
+    # only now: bench.conftest sets OMP_WAIT_POLICY when imported, and PyTorch's OpenMP, loaded above, has
+    # read its policy already
+    from bench.conftest import latency
 
     torch.set_num_threads(threads)
     if what == "encode":
@@ -33,15 +36,8 @@ def measure(what: str, folder: str, texts: list[str], threads: int, query: str) 
         t = time.perf_counter()
         model.encode(texts, batch_size=32)
         rate = len(texts) / (time.perf_counter() - t)
-        for _ in range(10):
-            model.encode([query])
-        ts = []
-        for _ in range(200):
-            t = time.perf_counter()
-            model.encode([query])
-            ts.append(time.perf_counter() - t)
-        p50, p99 = np.percentile(ts, [50, 99]) * 1e3
-        return {"docs_s": rate, "q_p50_ms": float(p50), "q_p99_ms": float(p99)}
+        p50, p99 = latency(lambda: model.encode([query]))
+        return {"docs_s": rate, "q_p50_ms": p50, "q_p99_ms": p99}
     ce = st.CrossEncoder(folder, device="cpu", max_length=256)
     pairs = [(query, p) for p in texts]
     ce.predict(pairs[:4])
