@@ -492,6 +492,7 @@ def train_reranker(
         provenance = {
             "trained_by": "duorank models train-reranker",
             "base": str(Path(base).resolve()) if Path(base).exists() else str(base),
+            **base_training(base),
             "data": prep.data,
             "split": prep.split,
             "data_license": {p.ds.name: _license_of(p.ds.name) for p in parts},
@@ -523,6 +524,27 @@ def train_reranker(
             bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def base_training(base: str | os.PathLike[str]) -> dict[str, Any]:
+    """{"base_training": the base's own training record} when `base` is a checkpoint trained here
+    (`--no-export`), so a model fine-tuned further records the whole chain; {} for a plain encoder.
+    The base's dev grid is left out (its choice is kept): it describes a model that no longer ships."""
+    import json
+
+    record = Path(base) / TRAIN_RECORD
+    if not record.is_file():
+        return {}
+    try:
+        parent = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{record}: not a readable training record ({e})") from e
+    if not isinstance(parent, dict):
+        raise ValueError(f"{record}: expected a JSON object, got {type(parent).__name__}")
+    choice = parent.get("dev_choice")
+    if isinstance(choice, dict):
+        parent["dev_choice"] = {k: v for k, v in choice.items() if k != "grid"}
+    return {"base_training": parent}
 
 
 def _write_checkpoint(checkpoint: Path, out: Path, provenance: dict[str, Any]) -> None:

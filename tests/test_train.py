@@ -235,7 +235,7 @@ def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
     from duorank.models_export import export
     from duorank.models_export.builtin import weights_folder
     from duorank.models_export.distill import sentences
-    from duorank.models_export.train import load_prepared, prepare_training, save_prepared
+    from duorank.models_export.train import base_training, load_prepared, prepare_training, save_prepared
 
     config = _short(dev_fraction=0.25, depths=(10,), max_queries=24, max_steps=6, distill=64)
     prep = prepare_training(shared_data / "scifact", config=config)
@@ -277,6 +277,18 @@ def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
     assert json.loads((tmp_path / "ckpt1" / "duorank-train.json").read_text())["config"]["train_seed"] == 1
     record = json.loads((tmp_path / "ckpt" / "duorank-train.json").read_text())
     assert record["distill_pairs"] == {"train": 56, "dev": 8} and record["config"]["distill"] == 64
+    # a checkpoint trained here, fine-tuned further, passes its own training record on (without its grid)
+    train_reranker(tmp_path / "ckpt", path, tmp_path / "ckpt2", config=_short(max_steps=1), progress=False,
+                   export_onnx=False)  # fmt: skip
+    chain = json.loads((tmp_path / "ckpt2" / "duorank-train.json").read_text())
+    assert "base_training" not in record and chain["base"] == str((tmp_path / "ckpt").resolve())
+    assert chain["base_training"]["dev_curve"] == record["dev_curve"]
+    choice = {k: v for k, v in record["dev_choice"].items() if k != "grid"}
+    assert chain["base_training"]["dev_choice"] == choice
+    (tmp_path / "bad-base").mkdir()
+    (tmp_path / "bad-base" / "duorank-train.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad-base.*not a readable training record"):
+        base_training(tmp_path / "bad-base")
     folder = export(tmp_path / "ckpt", tmp_path / "rr", kind="reranker")
     manifest = json.loads((folder / "duorank-model.json").read_text())
     assert manifest["source"]["dev_curve"] == record["dev_curve"]
