@@ -34,7 +34,11 @@ def gemms_only(path: Path) -> tuple[Any, dict[str, tuple[int, str]], float, int]
 
     model = onnx.load(str(path))
     consts = {t.name: t for t in model.graph.initializer}
-    nodes, inputs, outputs, keep, flop, size = [], {}, [], [], 0.0, 0
+    nodes: list[Any] = []
+    inputs: dict[str, Any] = {}
+    outputs: list[Any] = []
+    keep: list[Any] = []
+    flop, size = 0.0, 0
     for n in model.graph.node:
         integer = n.op_type == "MatMulIntegerToFloat"
         if not (n.op_type == "MatMul" or integer) or n.input[1] not in consts:

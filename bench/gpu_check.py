@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,19 +168,19 @@ def check_embedder(dev: str, emb_dir: Path, hf_emb: Path, texts: list[str]) -> N
         say(f"\nEncode {n} {set_name} texts (docs/s; x = ratio to the best sentence-transformers row):\n")
         say("| engine | batch | io binding | docs/s | x |\n|---|---|---|---|---|")
         for r in mine:
-            batch = r.get("batch_tokens", r.get("batch_size"))
+            size = r.get("batch_tokens", r.get("batch_size"))
             unit = "tokens" if "batch_tokens" in r else "texts"
             say(
-                f"| {r['engine']} | {batch} {unit} | {r.get('io_binding', '-')} | {r['docs_s']:.0f} "
+                f"| {r['engine']} | {size} {unit} | {r.get('io_binding', '-')} | {r['docs_s']:.0f} "
                 f"| {r['docs_s'] / best_st:.2f} |"
             )
 
     lat = {}
     e32.batch_tokens = e16.batch_tokens = 4096
     for name, m in (("duorank fp32", e32), ("duorank fp16", e16)):
-        lat[name] = latency(lambda m=m: m.encode([QUERY], "query"), 100)
+        lat[name] = latency(partial(m.encode, [QUERY], "query"), 100)
     for peer, model in peers:
-        lat[peer] = latency(lambda model=model: model.encode([QUERY]), 100)
+        lat[peer] = latency(partial(model.encode, [QUERY]), 100)
     RESULT["query_latency_ms"] = lat
     say("\n| single query | p50 ms | p99 ms |\n|---|---|---|")
     for k, (p50, p99) in lat.items():

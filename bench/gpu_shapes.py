@@ -90,7 +90,7 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(one(args)))
         return 0
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in (int(x) for x in args.multiples.split(",")):
             cmd = [sys.executable, __file__, "--one", str(m), "--vectors", f"{tmp}/{m}.npy"]

@@ -387,9 +387,9 @@ def main() -> int:
     args.deep_sources = set(args.deep_sources.split(","))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     if args.replot:
-        result = json.loads((Path(args.out) / "reranker_quality.json").read_text())
-        (Path(args.out) / "reranker_quality.md").write_text(markdown(result))
-        plot(result, Path(args.out) / "reranker_quality.png")
+        saved = json.loads((Path(args.out) / "reranker_quality.json").read_text())
+        (Path(args.out) / "reranker_quality.md").write_text(markdown(saved))
+        plot(saved, Path(args.out) / "reranker_quality.png")
         return 0
     emb = Embedder.load(args.model, device=args.device, threads=args.threads)
     rr = Reranker.load(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numba
@@ -61,7 +62,7 @@ def bandwidth(x: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=lambda n: f"N{n // 1000}k")
-def corpus(request: Any) -> dict[str, Any]:
+def corpus(request: Any) -> Iterator[dict[str, Any]]:
     n = request.param
     rng = np.random.default_rng(1338)
     x = np.empty((n, D), np.float32)
