@@ -740,7 +740,13 @@ def choose_defaults(
     if split == "test":
         raise ValueError("the test split is never used to choose: give 'train' (or your own split)")
     parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
-    rr = Reranker.load(folder, long_documents="truncate")
+    choice = _choose_blend(pair_scorer(Reranker.load(folder, long_documents="truncate")), parts, cfg)
+    _record_defaults(Path(folder), choice, provenance=True)
+    return choice
+
+
+def pair_scorer(rr: Any) -> Callable[[list[tuple[str, str]]], np.ndarray]:
+    """(query, text) pairs -> a duorank Reranker's scores, the pairs of each query scored as one group."""
 
     def score(pairs: list[tuple[str, str]]) -> np.ndarray:
         groups: dict[str, list[int]] = {}
@@ -752,9 +758,7 @@ def choose_defaults(
             out[idx] = s
         return out
 
-    choice = _choose_blend(score, parts, cfg)
-    _record_defaults(Path(folder), choice, provenance=True)
-    return choice
+    return score
 
 
 def _save_checkpoint(model: Any, tok: Any, folder: Path, max_length: int) -> None:
