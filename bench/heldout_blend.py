@@ -30,6 +30,7 @@ from duorank.models_export.train import (
     _choose_blend,
     _Part,
     first_stage_runs,
+    judged_queries,
     pair_scorer,
 )
 
@@ -38,9 +39,8 @@ log = logging.getLogger("heldout_blend")
 
 def held_out_part(ds: Dataset, cfg: TrainConfig) -> _Part:
     """Every judged query of `ds` as a dev query, with the first-stage lists `choose-blend` reranks."""
-    qids = sorted(q for q, judged in ds.qrels.items() if any(g > 0 for g in judged.values()))
     runs, scores = first_stage_runs(ds, cfg.sources, max(cfg.depths))
-    return _Part(ds, [], qids, runs, scores, {})
+    return _Part(ds, [], judged_queries(ds), runs, scores, {})
 
 
 def trained_on(rr: Reranker) -> set[str]:
@@ -54,17 +54,14 @@ def trained_on(rr: Reranker) -> set[str]:
 
 
 def table(choice: dict[str, Any]) -> str:
-    lines = ["| first stage | depth | " + " | ".join(f"{a:.1f}" for a in _weights(choice)) + " |"]
-    lines.append("|---|---|" + "---|" * len(_weights(choice)))
+    weights = sorted({r["blend"] for r in choice["grid"]})
+    lines = ["| first stage | depth | " + " | ".join(f"{a:.1f}" for a in weights) + " |"]
+    lines.append("|---|---|" + "---|" * len(weights))
     cells: dict[tuple[str, int], list[str]] = {}
     for r in choice["grid"]:
         cells.setdefault((r["source"], r["depth"]), []).append(f"{100 * r['dev_ndcg@10']:.2f}")
     lines += [f"| {s} | {d} | " + " | ".join(v) + " |" for (s, d), v in cells.items()]
     return "\n".join(lines)
-
-
-def _weights(choice: dict[str, Any]) -> list[float]:
-    return sorted({r["blend"] for r in choice["grid"]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,8 +153,13 @@ class _Part:
     negatives: dict[str, list[str]]
 
 
+def judged_queries(ds: Any) -> list[str]:
+    """The query ids with at least one relevant document, sorted."""
+    return sorted(q for q, judged in ds.qrels.items() if any(g > 0 for g in judged.values()))
+
+
 def _prepare(ds: Any, cfg: TrainConfig) -> _Part:
-    qids = sorted(q for q, judged in ds.qrels.items() if any(g > 0 for g in judged.values()))
+    qids = judged_queries(ds)
     if cfg.max_queries:
         qids = qids[: cfg.max_queries]
     train_q, dev_q = split_queries(qids, cfg.dev_fraction, cfg.seed)
