@@ -12,7 +12,6 @@ torch / transformers / optimum are imported only here, lazily, with an install h
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -84,12 +83,12 @@ def export(
         raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
     t0 = time.perf_counter()
     folder, source_meta = local_source(source, revision)
-    from .train import TRAIN_RECORD
+    from .train import training_record
 
-    trained = folder / TRAIN_RECORD  # beside a checkpoint of train_reranker(export_onnx=False)
-    from_training = provenance is None and trained.is_file()
-    if from_training:
-        provenance = json.loads(trained.read_text(encoding="utf-8"))
+    from_training = False
+    if provenance is None:  # the record beside a checkpoint of train_reranker(export_onnx=False)
+        provenance = training_record(folder)
+        from_training = provenance is not None
     kind = kind or hf_config.detect_kind(folder)
     if kind not in ("embedder", "reranker"):
         raise ValueError(f"kind {kind!r}, expected 'embedder' or 'reranker'")

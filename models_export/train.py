@@ -531,21 +531,29 @@ def train_reranker(
     return report
 
 
-def base_training(base: str | os.PathLike[str]) -> dict[str, Any]:
-    """{"base_training": the base's own training record} when `base` is a checkpoint trained here
-    (`--no-export`), so a model fine-tuned further records the whole chain; {} for a plain encoder.
-    The base's dev grid is left out (its choice is kept): it describes a model that no longer ships."""
+def training_record(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The training record beside a checkpoint trained with export_onnx=False; None where there is none."""
     import json
 
-    record = Path(base) / TRAIN_RECORD
+    record = Path(folder) / TRAIN_RECORD
     if not record.is_file():
-        return {}
+        return None
     try:
         parent = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{record}: not a readable training record ({e})") from e
     if not isinstance(parent, dict):
         raise ValueError(f"{record}: expected a JSON object, got {type(parent).__name__}")
+    return parent
+
+
+def base_training(base: str | os.PathLike[str]) -> dict[str, Any]:
+    """{"base_training": the base's own training record} when `base` is a checkpoint trained here
+    (`--no-export`), so a model fine-tuned further records the whole chain; {} for a plain encoder.
+    The base's dev grid is left out (its choice is kept): it describes a model that no longer ships."""
+    parent = training_record(base)
+    if parent is None:
+        return {}
     choice = parent.get("dev_choice")
     if isinstance(choice, dict):
         parent["dev_choice"] = {k: v for k, v in choice.items() if k != "grid"}
