@@ -25,7 +25,7 @@ from duorank import Embedder, ExactIndex, Reranker
 from duorank.eval.datasets import load_beir, load_labelled, load_stsb
 from duorank.eval.metrics import evaluate
 from duorank.eval.run import corpus_vectors
-from duorank.eval.significance import randomization_test
+from duorank.eval.significance import bootstrap_ci, randomization_test
 from duorank.lexical import BM25, blend, rerank_head, rrf
 from duorank.models import RECALLS, VARIANTS
 
@@ -235,18 +235,22 @@ def banking(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
     rows = []
     for source in stages:
         a = rr.defaults(source).blend
+        plain: list[float] = []
         for label, w in (("none", None), ("reranker", 1.0), (f"blend {a} (default)", a)):
             r = evaluate(
                 qrels,
                 rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth[source], a=w),
                 METRICS,
             )
+            per = [r.per_query["ndcg@10"][q] for q in qids]
+            plain = plain or per
             rows.append(
                 {
                     "first_stage": source,
                     "depth": depth[source],
                     "rerank": label,
                     **{m: round(100 * v, 2) for m, v in r.mean.items()},
+                    **(uncertainty(plain, per) if w is not None else {}),
                 }
             )
             log.info("banking77 %s", rows[-1])
@@ -269,7 +273,11 @@ def stsb(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any
     cross = np.array([rr.score(x, [y])[0] for x, y in zip(s1, s2)], dtype=np.float64)
     w = rr.defaults("dense").blend
     rows = [
-        {"scores": name, "spearman": round(100 * float(spearmanr(v, gold).statistic), 2)}
+        {
+            "scores": name,
+            "spearman": round(100 * float(spearmanr(v, gold).statistic), 2),
+            **(spearman_ci(cos, v, gold) if v is not cos else {}),
+        }
         for name, v in (
             ("embedding cosine", cos),
             ("reranker", cross),
@@ -279,6 +287,44 @@ def stsb(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any
     ]
     log.info("stsb %s", rows)
     return {"dataset": "stsb test", "pairs": len(gold), "rows": rows}
+
+
+def uncertainty(base: list[float], other: list[float]) -> dict[str, Any]:
+    """Paired per-query comparison with the first stage alone, in points: the mean difference, its 95%
+    bootstrap interval and the randomization p-value (out-of-domain losses are small: are they noise?)."""
+    lo, hi = bootstrap_ci(base, other, seed=0)
+    return {
+        "delta": round(100 * float(np.mean(np.subtract(other, base))), 2),
+        "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+        "p": round(randomization_test(base, other), 4),
+    }
+
+
+def spearman_ci(
+    base: np.ndarray, other: np.ndarray, gold: np.ndarray, resamples: int = 2000
+) -> dict[str, Any]:
+    """Spearman(other) - Spearman(base) against gold, with a paired bootstrap over the pairs (seed 0): the
+    difference's 95% interval and the share of resamples in which `other` is below `base`."""
+    from scipy.stats import rankdata
+
+    def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # row-wise, over resampled pairs
+        rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+        rx -= rx.mean(axis=1, keepdims=True)
+        ry -= ry.mean(axis=1, keepdims=True)
+        return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+
+    idx = np.random.default_rng(0).integers(0, gold.size, size=(resamples, gold.size))
+    d = np.concatenate(
+        [spearman(other[i], gold[i]) - spearman(base[i], gold[i]) for i in np.array_split(idx, 20)]
+    )
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return {
+        "delta": round(
+            100 * float((spearman(other[None], gold[None]) - spearman(base[None], gold[None]))[0]), 2
+        ),
+        "ci95": [round(100 * float(lo), 2), round(100 * float(hi), 2)],
+        "below": round(float((d < 0).mean()), 3),
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -301,12 +347,12 @@ def markdown(result: dict[str, Any]) -> str:
                 "",
                 f"{result[key]['dataset']}, {result[key]['queries']} queries",
                 "",
-                "| first stage | depth | rerank | nDCG@10 | MRR@10 | R@10 |",
-                "|---|---|---|---|---|---|",
+                "| first stage | depth | rerank | nDCG@10 | MRR@10 | R@10 | vs alone [95% CI], p |",
+                "|---|---|---|---|---|---|---|",
             ]
             lines += [
                 f"| {r['first_stage']} | {r['depth']} | {r['rerank']} | {r['ndcg@10']:.2f} | "
-                f"{r['mrr@10']:.2f} | {r['recall@10']:.2f} |"
+                f"{r['mrr@10']:.2f} | {r['recall@10']:.2f} | {_versus(r)} |"
                 for r in result[key]["rows"]
             ]
     if "stsb" in result:
@@ -314,11 +360,19 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"STS Benchmark test ({result['stsb']['pairs']} pairs)",
             "",
-            "| scores | Spearman |",
-            "|---|---|",
+            "| scores | Spearman | vs embedding cosine [95% CI], share of resamples below |",
+            "|---|---|---|",
         ]
-        lines += [f"| {r['scores']} | {r['spearman']:.2f} |" for r in result["stsb"]["rows"]]
+        lines += [f"| {r['scores']} | {r['spearman']:.2f} | {_versus(r)} |" for r in result["stsb"]["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def _versus(row: dict[str, Any]) -> str:
+    if "delta" not in row:
+        return "-"
+    lo, hi = row["ci95"]
+    tail = f"p = {row['p']}" if "p" in row else f"below in {100 * row['below']:.1f}%"
+    return f"{row['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}], {tail}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

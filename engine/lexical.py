@@ -170,6 +170,13 @@ def blend(first: ArrayLike, second: ArrayLike, weight: float) -> NDArray[np.floa
     return weight * b + (1.0 - weight) * a
 
 
+def best_first(scores: ArrayLike) -> NDArray[np.intp]:
+    """Positions of one candidate list's final scores, best first; equal scores keep the list's order (the
+    first stage's), as `Engine.search` returns them."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.lexsort((np.arange(s.shape[0]), -s))
+
+
 def rerank_head(first: ArrayLike, head: ArrayLike, weight: float) -> NDArray[np.float64]:
     """Final scores of one query's candidate list when a reranker scored only its head (the first
     len(head)): the head blended with its first-stage scores (weight 1.0: the reranker alone), then the

@@ -28,7 +28,7 @@ from .errors import DuorankError
 from .files import read_manifest
 from .hits import Hits
 from .index import ExactIndex
-from .lexical import rerank_head, rrf, weighted
+from .lexical import best_first, rerank_head, rrf, weighted
 from .models import RECALLS, Embedder, Reranker, _check_texts
 
 log = logging.getLogger(__name__)
@@ -403,8 +403,7 @@ class Engine:
 
 
 def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int, group: bool) -> list[Hit]:
-    n = final.shape[0]
-    order = np.lexsort((np.arange(n), -final))  # best first; ties keep the recall order
+    order = best_first(final)
     out: list[Hit] = []
     seen: set[str] = set()
     for j in order.tolist():

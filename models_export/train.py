@@ -670,7 +670,7 @@ def _choose_blend(
     weight rather than a default that hurts users outside its training domain.
     """
     from duorank.eval.metrics import evaluate
-    from duorank.lexical import blend
+    from duorank.lexical import best_first, blend
 
     deepest = max(cfg.depths)
     scored = []  # per part: {(q, d): reranker score} over every source's top `deepest`
@@ -693,7 +693,10 @@ def _choose_blend(
                             continue
                         first = np.asarray(part.scores[source][q][: len(docs)], dtype=np.float64)
                         mixed = blend(first, np.array([rerank[q, d] for d in docs]), a)
-                        result[q] = {d: float(m) for d, m in zip(docs, mixed)}
+                        # as ranks: trec_eval would break score ties by doc id, the engine keeps the list's
+                        # order (RRF ties abound), and only then is weight 0 the first stage at every depth
+                        order = best_first(mixed)
+                        result[q] = {docs[i]: float(len(docs) - r) for r, i in enumerate(order.tolist())}
                     qrels = {q: part.ds.qrels[q] for q in part.dev_q}
                     per[part.ds.name] = float(evaluate(qrels, result, ["ndcg@10"]).mean["ndcg@10"])
                 mean = float(np.mean(list(per.values())))

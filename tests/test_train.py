@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from duorank.lexical import blend, rerank_head
+from duorank.lexical import best_first, blend, rerank_head
 from duorank.models import RerankDefaults
 from duorank.models_export.train import (
     TrainConfig,
+    _choose_blend,
+    _Part,
     choose_from_grid,
     mine_negatives,
     split_queries,
@@ -63,6 +65,28 @@ def test_rerank_head():
     assert rerank_head(first, [], 1.0).tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0]  # nothing reranked
     with pytest.raises(ValueError, match="head scores"):
         rerank_head(first[:2], head, 1.0)
+
+
+def test_dev_grid_ranks_ties_as_the_engine_does():
+    """Equal first-stage scores (RRF ties are common) keep the list's order in the dev grid, as in
+    `Engine.search`, so weight 0 is the first stage alone at every depth; scored as a run, trec_eval would
+    break the ties by doc id and a tie straddling the 10th place would change with the depth."""
+    from duorank.eval.datasets import Dataset
+    from duorank.eval.metrics import evaluate
+
+    assert best_first([1.0, 2.0, 2.0, 0.5, 2.0]).tolist() == [1, 2, 4, 0, 3]
+    docs = [f"d{i:02d}" for i in range(50)]  # d09..d11 tie; trec_eval would put d11 (relevant) first
+    first = [100.0 - i for i in range(50)]
+    first[9] = first[10] = first[11] = 90.0
+    ds = Dataset("ties", {d: d for d in docs}, {}, {"q": "q"}, {"q": {"d11": 1}}, "train")
+    part = _Part(ds, [], ["q"], {"rrf": {"q": docs}}, {"rrf": {"q": first}}, {})
+    rng = np.random.default_rng(0)
+    grid = _choose_blend(lambda pairs: rng.random(len(pairs)), [part], TrainConfig())["grid"]
+    alone = {r["depth"]: r["dev_ndcg@10"] for r in grid if r["blend"] == 0.0}
+    assert set(alone) == {10, 20, 30, 50}
+    assert set(alone.values()) == {0.0}  # d11 is 12th in the list: outside the top 10 at every depth
+    as_run = evaluate(ds.qrels, {"q": dict(zip(docs, first))}, ["ndcg@10"]).mean["ndcg@10"]
+    assert as_run > 0.0  # what scoring the raw first-stage scores would have said
 
 
 def test_choice_rule_overall_and_per_first_stage():
