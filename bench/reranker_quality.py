@@ -313,6 +313,7 @@ def spearman_ci(
         ry -= ry.mean(axis=1, keepdims=True)
         return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
 
+    base, other, gold = (np.asarray(x, dtype=np.float64) for x in (base, other, gold))
     idx = np.random.default_rng(0).integers(0, gold.size, size=(resamples, gold.size))
     d = np.concatenate(
         [spearman(other[i], gold[i]) - spearman(base[i], gold[i]) for i in np.array_split(idx, 20)]

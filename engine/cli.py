@@ -104,8 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     cb.add_argument(
         "--python-docs", type=int, default=0, metavar="N", help="add N Python-docs pseudo-queries"
     )
-    cb.add_argument("--dev-fraction", type=float, default=0.135)
-    cb.add_argument("--seed", type=int, default=0)
+    _split_options(cb)
     tr = msub.add_parser(
         "train-reranker",
         help="fine-tune a cross-encoder on labelled queries (BEIR layout) and export it",
@@ -134,15 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--split", default="train", help="labelled split to train on (default: %(default)s)")
     tr.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
-    tr.add_argument("--epochs", type=int, default=2)
+    tr.add_argument("--epochs", type=int, default=2, help="passes over the training queries (default: 2)")
     tr.add_argument("--batch-size", type=int, default=16, help="pairs per step (groups of --group-size)")
     tr.add_argument("--group-size", type=int, default=8, help="1 positive + N-1 negatives (default: 8)")
-    tr.add_argument("--max-length", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=5e-5)
+    tr.add_argument(
+        "--max-length", type=int, default=256, help="tokens per (query, document) pair (default: 256)"
+    )
+    tr.add_argument("--lr", type=float, default=5e-5, help="AdamW peak learning rate (default: 5e-5)")
     tr.add_argument("--negatives", type=int, default=50, help="depth of the lists negatives come from")
     tr.add_argument("--sources", default="dense,bm25", help="first stages for negatives: dense,bm25")
-    tr.add_argument("--dev-fraction", type=float, default=0.135)
-    tr.add_argument("--seed", type=int, default=0)
+    _split_options(tr)
     tr.add_argument("--max-queries", type=int, help="train on the first N queries only (quick runs)")
     tr.add_argument("--max-steps", type=int, help="stop after N steps")
     tr.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs, CPUs with native bf16)")
@@ -188,8 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--distill", type=int, default=0, metavar="N")
     pt.add_argument("--negatives", type=int, default=50)
     pt.add_argument("--sources", default="dense,bm25")
-    pt.add_argument("--dev-fraction", type=float, default=0.135)
-    pt.add_argument("--seed", type=int, default=0)
+    _split_options(pt)
     pt.add_argument("--max-queries", type=int)
     pt.add_argument("--out", required=True, metavar="FILE.json.gz")
     ev = sub.add_parser(
@@ -607,6 +606,17 @@ def _device_options(p: argparse.ArgumentParser) -> None:
         choices=list(VARIANTS),
         help="embedder variant (default: fp32 on cpu, fp16 on cuda where the folder has it)",
     )
+
+
+def _split_options(p: argparse.ArgumentParser) -> None:
+    """The seeded train / dev split of labelled queries, the same in training and in choosing."""
+    p.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.135,
+        help="share of each dataset's queries held out as dev (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of that split (default: %(default)s)")
 
 
 def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
