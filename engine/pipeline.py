@@ -347,7 +347,8 @@ class Engine:
             raise ValueError(f"rerank {rerank!r}, expected one of {RERANKS} or 'auto'")
         if rerank == "cross" and self.reranker is None:
             raise ValueError(
-                "rerank='cross' needs a reranker: Engine.open(path, reranker=...) or rerank=None"
+                "rerank='cross' needs a reranker: Engine.open(path, reranker=...) (CLI: --reranker default) "
+                "or rerank=None"
             )
         if rerank_blend is not None and not 0.0 <= float(rerank_blend) <= 1.0:
             raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
