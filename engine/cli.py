@@ -521,7 +521,8 @@ def _search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"# {q}")
         for rank, h in enumerate(hits, 1):
             text = " ".join(h.text.split())
-            print(f"{rank}\t{h.score:.4f}\t{h.id}\t(recall rank {h.recall_rank})\t{text[:200]}")
+            own = "" if h.rerank_score is None else f", reranker {h.rerank_score:.4f}"
+            print(f"{rank}\t{h.score:.4f}\t{h.id}\t(recall rank {h.recall_rank}{own})\t{text[:200]}")
     t = res.timings
     log.info("timings (ms): %s", ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     return 0

@@ -48,6 +48,10 @@ class Hit:
     recall_rank: int  # 1-based rank in the recall list
     metadata: dict[str, Any]
     parent: str  # the document's id (equal to id unless the document was chunked)
+    # the reranker's own score, before any blending (cross-encoder: its sigmoid probability, comparable
+    # across queries, e.g. for a relevance threshold; rerank="embedding": the cosine); None when this
+    # hit was not reranked (rerank=None, or it lay below rerank_depth)
+    rerank_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +387,7 @@ class Engine:
 
         t = time.perf_counter()
         final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
+        own: list[Any] = [()] * len(qs)  # per query, the reranker's scores of its list's head
         if rerank == "cross":
             assert self.reranker is not None
             chosen = self.reranker.defaults(recall)  # the weight and depth chosen on dev for this recall
@@ -390,20 +395,23 @@ class Engine:
             scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
             a = chosen.blend if rerank_blend is None else float(rerank_blend)
             final = [rerank_head(first, s.scores, a) for s, first in zip(scored, final)]
+            own = [s.scores for s in scored]
             truncated["pairs"] = sum(s.n_truncated for s in scored)
         elif rerank == "embedding":
             vecs = self.collection.vectors_of(hits.ids)
             cos = np.einsum("qkd,qd->qk", vecs, qv)
-            final = [cos[i][hits.ids[i] >= 0].astype(np.float64) for i in range(len(qs))]
+            final = own = [cos[i][hits.ids[i] >= 0].astype(np.float64) for i in range(len(qs))]
         if rerank is not None:
             timings["rerank"] = _ms(t)
 
-        out = [_top(found, hits, i, final[i], top_n, group) for i in range(len(qs))]
+        out = [_top(found, hits, i, final[i], own[i], top_n, group) for i in range(len(qs))]
         timings["total"] = _ms(t_start)
         return Results(qs, out, timings, recall, rerank, strategy, truncated)
 
 
-def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int, group: bool) -> list[Hit]:
+def _top(
+    found: Any, hits: Hits, q: int, final: NDArray[np.float64], own: Any, top_n: int, group: bool
+) -> list[Hit]:
     order = best_first(final)
     out: list[Hit] = []
     seen: set[str] = set()
@@ -424,6 +432,7 @@ def _top(found: Any, hits: Hits, q: int, final: NDArray[np.float64], top_n: int,
                 recall_rank=j + 1,
                 metadata=meta,
                 parent=parent,
+                rerank_score=float(own[j]) if j < len(own) else None,
             )
         )
         if len(out) == top_n:

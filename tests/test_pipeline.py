@@ -59,6 +59,7 @@ def test_recall_sources_and_embedding_rerank_on_scifact(scifact_slice, default_e
     assert scores["bm25+embedding"] > scores["bm25"]  # rerank of BM25's candidates by the embedder helps
     hit = reranked[0][0]
     assert hit.recall_rank >= 1 and hit.text and hit.parent == hit.id and hit.metadata.keys() == {"n"}
+    assert hit.rerank_score == hit.score  # rerank="embedding": the cosine, not blended
     eng.close()
 
 
@@ -165,6 +166,12 @@ def test_cross_rerank_plumbing(tmp_path, default_embedder):
         assert [[h.id for h in h_] for h_ in first_stage.hits] == [
             [h.id for h in h_] for h_ in recall_order.hits
         ]
+        # a blended hit keeps the reranker's own score (a threshold works on it); no rerank, none
+        for q, hits in zip(queries, eng.search(queries, top_k=8, top_n=8, rerank_blend=0.5).hits):
+            own = rr.score(q, [h.text for h in hits])
+            np.testing.assert_allclose([h.rerank_score for h in hits], own, atol=1e-6)
+            assert any(abs(h.score - h.rerank_score) > 1e-3 for h in hits)  # score is the blend
+        assert all(h.rerank_score is None for hits in recall_order.hits for h in hits)
         with pytest.raises(ValueError, match="rerank_blend"):
             eng.search(queries, top_k=8, top_n=3, rerank_blend=2.0)
         # rerank_depth: the reranker reads the first 4 candidates; the other 4 follow in recall order
@@ -174,6 +181,8 @@ def test_cross_rerank_plumbing(tmp_path, default_embedder):
         assert [h.id for h in shallow[:4]] == [recalled[i].id for i in np.lexsort((np.arange(4), -head))]
         assert [h.id for h in shallow[4:]] == [h.id for h in recalled[4:]]
         assert max(h.score for h in shallow[4:]) < min(h.score for h in shallow[:4])
+        assert all(h.rerank_score is not None for h in shallow[:4])
+        assert all(h.rerank_score is None for h in shallow[4:])  # below the depth: never reranked
         for bad in (0, -1, 2.5, True):
             with pytest.raises(ValueError, match="rerank_depth"):
                 eng.search(queries, top_k=8, top_n=3, rerank_depth=bad)
