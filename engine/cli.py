@@ -413,7 +413,9 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"\nQ: {q}")
             for rank, h in enumerate(hits, 1):
                 text = " ".join(h.text.split())
-                print(f"  {rank}. [{h.parent}] score {h.score:.3f} (rank before rerank: {h.recall_rank})")
+                own = "" if h.rerank_score is None else f"reranker {h.rerank_score:.3f}, "
+                before = f"rank before rerank: {h.recall_rank}"
+                print(f"  {rank}. [{h.parent}] score {h.score:.3f} ({own}{before})")
                 print(f"     {text[:300]}{'...' if len(text) > 300 else ''}")
         t = res.timings
         print(
