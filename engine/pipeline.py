@@ -48,9 +48,9 @@ class Hit:
     recall_rank: int  # 1-based rank in the recall list
     metadata: dict[str, Any]
     parent: str  # the document's id (equal to id unless the document was chunked)
-    # the reranker's own score, before any blending (cross-encoder: its sigmoid probability, comparable
-    # across queries, e.g. for a relevance threshold; rerank="embedding": the cosine); None when this
-    # hit was not reranked (rerank=None, or it lay below rerank_depth)
+    # the reranker's own score, before any blending (cross-encoder: its sigmoid output, one scale across
+    # queries but not a calibrated probability; rerank="embedding": the cosine); None when this hit was
+    # not reranked (rerank=None, or it lay below rerank_depth)
     rerank_score: float | None = None
 
 
