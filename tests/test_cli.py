@@ -65,6 +65,12 @@ def test_index_search_info(kb, tmp_path, capsys):
     hits = out["queries"][0]["hits"]
     assert hits[0]["id"] == "pw" and len(hits) == 2
     assert set(out["timings_ms"]) == {"embed", "search", "fetch", "rerank", "total"}
+    assert hits[0]["rerank_score"] is None  # no reranker in this collection: nothing reranked
+    assert main(["search", str(kb), "password", "--top-n", "1", "--rerank", "embedding"]) == 0
+    assert ", reranker 0." in capsys.readouterr().out
+    assert main(["search", str(kb), "password", "--top-n", "1", "--rerank", "embedding", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)["queries"][0]["hits"][0]
+    assert hit["rerank_score"] == hit["score"]  # the cosine, not blended
     where = json.dumps({"topic": "orders"})
     assert main(["search", str(kb), "refund", "--where", where, "--recall", "hybrid", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["queries"][0]["hits"]
