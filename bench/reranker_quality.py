@@ -26,7 +26,7 @@ from duorank.eval.datasets import load_beir, load_labelled, load_stsb
 from duorank.eval.metrics import evaluate
 from duorank.eval.run import corpus_vectors
 from duorank.eval.significance import bootstrap_ci, randomization_test
-from duorank.lexical import BM25, blend, rerank_head, rrf
+from duorank.lexical import BM25, adaptive_weight, blend, rerank_head, rrf
 from duorank.models import RECALLS, VARIANTS
 
 log = logging.getLogger("reranker_quality")
@@ -55,14 +55,16 @@ def rerank_run(
     source: str,
     depth: int,
     a: float | None,
+    adaptive: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The run of `source` with its top `depth` reordered by the reranker (blended with weight a, None: no
-    rerank); candidates beyond the depth keep their first-stage order below."""
+    rerank; `adaptive` as the engine applies a recorded weight); candidates beyond the depth keep their
+    first-stage order below."""
     run = {}
     for i, q in enumerate(qids):
         docs, first = ranked(stages[source], i)
         if a is not None:
-            first = rerank_head(first, [scores[i, d] for d in docs[:depth]], a)
+            first = rerank_head(first, [scores[i, d] for d in docs[:depth]], a, adaptive=adaptive)
         run[q] = {doc_ids[d]: float(s) for d, s in zip(docs, first)}
     return run
 
@@ -112,16 +114,18 @@ def latency(
     return out
 
 
-def _blends(rr: Reranker, source: str, depth: int, extra: dict[str, Any]) -> list[tuple[str, float]]:
-    """(label, weight) rows for one first stage and depth: the reranker alone, its recorded blend for this
-    first stage ("default" at the recorded depth), and `extra` dev-set choices for (source, depth)."""
+def _blends(rr: Reranker, source: str, depth: int, extra: dict[str, Any]) -> list[tuple[str, float, bool]]:
+    """(label, weight, adaptive) rows for one first stage and depth: the reranker alone, its recorded blend
+    for this first stage ("default" at the recorded depth; adaptive if recorded so), and `extra` dev-set
+    choices for (source, depth)."""
     chosen = rr.defaults(source)
-    out = [("reranker", 1.0)]
-    if chosen.blend != 1.0:
-        out.append((f"blend {chosen.blend}" + (" (default)" if depth == chosen.depth else ""), chosen.blend))
+    out = [("reranker", 1.0, False)]
+    if chosen.blend != 1.0 or chosen.adaptive:
+        label = f"blend {chosen.blend}" + (" adaptive" if chosen.adaptive else "")
+        out.append((label + (" (default)" if depth == chosen.depth else ""), chosen.blend, chosen.adaptive))
     for label, c in extra.items():
-        if (c["source"], c["depth"]) == (source, depth) and c["blend"] not in (w for _, w in out):
-            out.append((f"blend {c['blend']} ({label})", c["blend"]))
+        if (c["source"], c["depth"]) == (source, depth) and c["blend"] not in (w for _, w, _ in out):
+            out.append((f"blend {c['blend']} ({label})", c["blend"], chosen.adaptive))
     return out
 
 
@@ -177,10 +181,19 @@ def scifact(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
         for depth in args.depths:
             if depth > args.shallow_max and source not in args.deep_sources:
                 continue
-            for label, a in _blends(rr, source, depth, extra):
+            for label, a, adaptive in _blends(rr, source, depth, extra):
                 r = evaluate(
                     qrels,
-                    rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth, a=a),
+                    rerank_run(
+                        stages,
+                        scored["scores"],
+                        qids,
+                        doc_ids,
+                        source=source,
+                        depth=depth,
+                        a=a,
+                        adaptive=adaptive,
+                    ),
                     METRICS,
                 )
                 p = randomization_test(
@@ -234,14 +247,26 @@ def banking(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, 
     scored = score_pairs(rr, queries, docs, wanted, args.cache)
     rows = []
     for source in stages:
-        a = rr.defaults(source).blend
+        chosen = rr.defaults(source)
+        a, adapt = chosen.blend, chosen.adaptive
         plain: list[float] = []
-        for label, w in (("none", None), ("reranker", 1.0), (f"blend {a} (default)", a)):
-            r = evaluate(
-                qrels,
-                rerank_run(stages, scored["scores"], qids, doc_ids, source=source, depth=depth[source], a=w),
-                METRICS,
+        rows_of = (
+            ("none", None, False),
+            ("reranker", 1.0, False),
+            (f"blend {a}{' adaptive' if adapt else ''} (default)", a, adapt),
+        )
+        for label, w, adaptive in rows_of:
+            run = rerank_run(
+                stages,
+                scored["scores"],
+                qids,
+                doc_ids,
+                source=source,
+                depth=depth[source],
+                a=w,
+                adaptive=adaptive,
             )
+            r = evaluate(qrels, run, METRICS)
             per = [r.per_query["ndcg@10"][q] for q in qids]
             plain = plain or per
             rows.append(
@@ -271,7 +296,8 @@ def stsb(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any
     a, b = emb.encode(s1), emb.encode(s2)
     cos = (a * b).sum(axis=1).astype(np.float64)
     cross = np.array([rr.score(x, [y])[0] for x, y in zip(s1, s2)], dtype=np.float64)
-    w = rr.defaults("dense").blend
+    chosen = rr.defaults("dense")
+    w = adaptive_weight(chosen.blend, cross) if chosen.adaptive else chosen.blend  # one list: the whole set
     rows = [
         {
             "scores": name,
@@ -281,8 +307,12 @@ def stsb(args: argparse.Namespace, emb: Embedder, rr: Reranker) -> dict[str, Any
         for name, v in (
             ("embedding cosine", cos),
             ("reranker", cross),
-            (f"blend {w} (default for dense)", blend(cos, cross, w)),
-            *((f"blend {rr.blend} (overall default)", blend(cos, cross, rr.blend)),) * (rr.blend != w),
+            (
+                f"blend {w:.3g} (default for dense{', adaptive' if chosen.adaptive else ''})",
+                blend(cos, cross, w),
+            ),
+            *((f"blend {rr.blend} (overall default)", blend(cos, cross, rr.blend)),)
+            * (rr.blend != chosen.blend),
         )
     ]
     log.info("stsb %s", rows)

@@ -177,14 +177,36 @@ def best_first(scores: ArrayLike) -> NDArray[np.intp]:
     return np.lexsort((np.arange(s.shape[0]), -s))
 
 
-def rerank_head(first: ArrayLike, head: ArrayLike, weight: float) -> NDArray[np.float64]:
+def adaptive_weight(weight: float, scores: ArrayLike) -> float:
+    """A default blend weight scaled by how well the reranker tells this list apart: weight * (1 - the
+    median of its scores), for scores in [0, 1] (a sigmoid head). In its own domains a reranker scores
+    most candidates near 0 and the weight stays; out of them it scores most of a list high (median of
+    the non-relevant: 0.004 on SciFact dev, 0.83 on Banking77 for the packaged one), and the first stage
+    keeps more say."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return weight
+    if not (s.min() >= 0.0 and s.max() <= 1.0):
+        raise ValueError(
+            f"adaptive blend: reranker scores span [{s.min():.4g}, {s.max():.4g}]; expected [0, 1] "
+            "(a sigmoid head)"
+        )
+    return float(weight * (1.0 - np.median(s)))
+
+
+def rerank_head(
+    first: ArrayLike, head: ArrayLike, weight: float, *, adaptive: bool = False
+) -> NDArray[np.float64]:
     """Final scores of one query's candidate list when a reranker scored only its head (the first
-    len(head)): the head blended with its first-stage scores (weight 1.0: the reranker alone), then the
-    rest in first-stage order, every one below the head."""
+    len(head)): the head blended with its first-stage scores (weight 1.0: the reranker alone; with
+    `adaptive`, the weight scaled by `adaptive_weight` first), then the rest in first-stage order, every
+    one below the head."""
     first = np.asarray(first, dtype=np.float64)
     head = np.asarray(head, dtype=np.float64)
     if head.ndim != 1 or first.ndim != 1 or head.shape[0] > first.shape[0]:
         raise ValueError(f"rerank_head: {head.shape} head scores for {first.shape} candidates")
+    if adaptive:
+        weight = adaptive_weight(weight, head)
     top = head if weight == 1.0 else blend(first[: head.shape[0]], head, weight)
     rest = first.shape[0] - top.shape[0]
     if rest == 0:

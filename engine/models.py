@@ -519,10 +519,13 @@ RECALLS = ("dense", "bm25", "hybrid")  # the first stages a reranker's recorded 
 
 @dataclass(frozen=True, slots=True)
 class RerankDefaults:
-    """A reranker's blend weight (1.0: the reranker alone) and rerank depth (None: all of top_k)."""
+    """A reranker's blend weight (1.0: the reranker alone) and rerank depth (None: all of top_k);
+    `adaptive`: the weight is scaled per list by `duorank.lexical.adaptive_weight` (recorded as
+    `rerank.scale = "adaptive"` by a choice made that way)."""
 
     blend: float
     depth: int | None
+    adaptive: bool = False
 
 
 class Reranker(_Model):
@@ -620,7 +623,8 @@ class Reranker(_Model):
             raise ValueError(f"recall {recall!r}: expected one of {', '.join(RECALLS)} or None")
         own = (rec.get("recall") or {}).get(recall) or rec
         depth = own.get("depth")
-        return RerankDefaults(float(own.get("blend", 1.0)), None if depth is None else int(depth))
+        adaptive = rec.get("scale") == "adaptive"
+        return RerankDefaults(float(own.get("blend", 1.0)), None if depth is None else int(depth), adaptive)
 
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
         return self.score_detailed(query, texts, progress=progress).scores

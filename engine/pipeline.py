@@ -394,7 +394,8 @@ class Engine:
             depth = rerank_depth or max(top_n, chosen.depth or top_k)
             scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
             a = chosen.blend if rerank_blend is None else float(rerank_blend)
-            final = [rerank_head(first, s.scores, a) for s, first in zip(scored, final)]
+            adapt = chosen.adaptive and rerank_blend is None  # a weight given here is used as given
+            final = [rerank_head(first, s.scores, a, adaptive=adapt) for s, first in zip(scored, final)]
             own = [s.scores for s in scored]
             truncated["pairs"] = sum(s.n_truncated for s in scored)
         elif rerank == "embedding":

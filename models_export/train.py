@@ -491,7 +491,15 @@ def train_reranker(
         tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
         best_model = transformers.AutoModelForSequenceClassification.from_pretrained(str(checkpoint))
         best_model.to(device)
-        choice = _choose_blend(lambda pairs: _score(torch, best_model, tok, pairs, cfg), parts, cfg)
+        # the exported head is a sigmoid (one logit): choose on the scores the engine will blend
+        choice = _choose_blend(
+            lambda pairs: (
+                1.0 / (1.0 + np.exp(-_score(torch, best_model, tok, pairs, cfg).astype(np.float64)))
+            ),
+            parts,
+            cfg,
+            adaptive=True,
+        )
         report.blend, report.depth, report.source = choice["blend"], choice["depth"], choice["source"]
         report.seconds = time.perf_counter() - t0
         provenance = {
@@ -661,16 +669,22 @@ def _dev_ndcg(
 
 
 def _choose_blend(
-    score: Callable[[list[tuple[str, str]]], np.ndarray], parts: Sequence[_Part], cfg: TrainConfig
+    score: Callable[[list[tuple[str, str]]], np.ndarray],
+    parts: Sequence[_Part],
+    cfg: TrainConfig,
+    *,
+    adaptive: bool = False,
 ) -> dict[str, Any]:
     """The (first-stage source, depth, blend weight) for the manifest, chosen on the dev queries.
 
     Rule: the best mean dev nDCG@10 over datasets among the choices that lose on no dev dataset against
     the same first stage alone (blend 0.0); a reranker that helps one domain and hurts another gets a lower
-    weight rather than a default that hurts users outside its training domain.
+    weight rather than a default that hurts users outside its training domain. With `adaptive` (scores
+    in [0, 1]), each weight is applied as the engine applies a recorded one: scaled per list by
+    `adaptive_weight`; the choice then records `scale: "adaptive"`.
     """
     from duorank.eval.metrics import evaluate
-    from duorank.lexical import best_first, blend
+    from duorank.lexical import adaptive_weight, best_first, blend
 
     deepest = max(cfg.depths)
     scored = []  # per part: {(q, d): reranker score} over every source's top `deepest`
@@ -692,7 +706,8 @@ def _choose_blend(
                         if not docs:
                             continue
                         first = np.asarray(part.scores[source][q][: len(docs)], dtype=np.float64)
-                        mixed = blend(first, np.array([rerank[q, d] for d in docs]), a)
+                        head = np.array([rerank[q, d] for d in docs])
+                        mixed = blend(first, head, adaptive_weight(a, head) if adaptive else a)
                         # as ranks: trec_eval would break score ties by doc id, the engine keeps the list's
                         # order (RRF ties abound), and only then is weight 0 the first stage at every depth
                         order = best_first(mixed)
@@ -703,7 +718,7 @@ def _choose_blend(
                 table.append(
                     {"source": source, "depth": depth, "blend": a, "dev_ndcg@10": mean, "per_dataset": per}
                 )
-    return choose_from_grid(table)
+    return {**choose_from_grid(table), **({"scale": "adaptive"} if adaptive else {})}
 
 
 def choose_from_grid(table: list[dict[str, Any]], *, tolerance: float = TOLERANCE) -> dict[str, Any]:
@@ -756,7 +771,8 @@ def choose_defaults(
     if split == "test":
         raise ValueError("the test split is never used to choose: give 'train' (or your own split)")
     parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
-    choice = _choose_blend(pair_scorer(Reranker.load(folder, long_documents="truncate")), parts, cfg)
+    rr = Reranker.load(folder, long_documents="truncate")
+    choice = _choose_blend(pair_scorer(rr), parts, cfg, adaptive=rr.manifest.get("activation") == "sigmoid")
     _record_defaults(Path(folder), choice, provenance=True)
     return choice
 
@@ -807,6 +823,8 @@ def _record_defaults(folder: Path, choice: dict[str, Any], *, provenance: bool =
     manifest = json.loads(path.read_text(encoding="utf-8"))
     # trained on documents cut at max_length: score them the same way by default
     manifest["rerank"] = {"blend": choice["blend"], "depth": choice["depth"], "long_documents": "truncate"}
+    if choice.get("scale"):
+        manifest["rerank"]["scale"] = choice["scale"]
     if len(choice["per_dataset"]) == 1:
         # Chosen on one domain (the user's own labelled queries): a weight and depth per first stage fit
         # that domain. With several dev domains the model is meant for any domain, and one weight is the

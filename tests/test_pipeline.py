@@ -9,6 +9,7 @@ import pytest
 
 from duorank import Engine, ModelMismatchError, Reranker
 from duorank.eval.metrics import evaluate
+from duorank.lexical import rerank_head
 from duorank.models import MANIFEST, RerankDefaults
 from duorank.models_export import export
 from duorank.store import FilterError
@@ -224,6 +225,20 @@ def test_recorded_blend_and_depth_per_recall(tmp_path, default_embedder):
             by_reranker = [recalled[i].id for i in np.lexsort((np.arange(depth), -own))]
             # dense: blend 0.0, its own order; bm25: blend 1.0, the reranker's order of its first 4 only
             assert got == ([h.id for h in recalled[:depth]] if recall == "dense" else by_reranker)
+    # recorded as adaptive: the default weight is scaled per list; a weight given to search is used as given
+    manifest["rerank"] = {"blend": 0.8, "depth": 6, "scale": "adaptive"}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    rr = Reranker.load(folder)
+    assert rr.defaults("hybrid") == RerankDefaults(0.8, 6, True)
+    with Engine.open(tmp_path / "c", reranker=rr) as eng:
+        recalled = eng.search(q, top_k=8, top_n=8, rerank=None)[0]
+        first = np.array([h.recall_score for h in recalled])
+        own = rr.score(q, [h.text for h in recalled[:6]])
+        for given, adaptive in ((None, True), (0.8, False)):  # top_n = the recorded depth: the head itself
+            got = eng.search(q, top_k=8, top_n=6, rerank_blend=given)[0]
+            want = rerank_head(first, own, 0.8, adaptive=adaptive)[:6]
+            np.testing.assert_allclose([h.score for h in got], np.sort(want)[::-1], atol=1e-6)
+        assert not np.allclose(rerank_head(first, own, 0.8, adaptive=True), rerank_head(first, own, 0.8))
 
 
 WARM_SCRIPT = """

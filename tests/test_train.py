@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from duorank.lexical import best_first, blend, rerank_head
+from duorank.lexical import adaptive_weight, best_first, blend, rerank_head
 from duorank.models import RerankDefaults
 from duorank.models_export.train import (
     TrainConfig,
@@ -87,6 +87,22 @@ def test_dev_grid_ranks_ties_as_the_engine_does():
     assert set(alone.values()) == {0.0}  # d11 is 12th in the list: outside the top 10 at every depth
     as_run = evaluate(ds.qrels, {"q": dict(zip(docs, first))}, ["ndcg@10"]).mean["ndcg@10"]
     assert as_run > 0.0  # what scoring the raw first-stage scores would have said
+
+
+def test_adaptive_weight():
+    """weight * (1 - median score): a list the reranker scores mostly near 0 keeps the weight, one it
+    scores mostly high (out of its domain) gives the first stage more say."""
+    assert adaptive_weight(0.6, [0.01, 0.0, 0.99, 0.02, 0.0]) == pytest.approx(0.6 * 0.99)
+    assert adaptive_weight(0.6, [0.9, 0.8, 0.95]) == pytest.approx(0.6 * 0.1)
+    assert adaptive_weight(1.0, [0.5, 0.5]) == 0.5 and adaptive_weight(0.6, []) == 0.6
+    for bad in ([0.2, 1.5], [-0.1, 0.3], [np.nan]):
+        with pytest.raises(ValueError, match=r"expected \[0, 1\]"):
+            adaptive_weight(0.5, bad)
+    first = np.array([0.9, 0.8, 0.7, 0.6])
+    head = np.array([0.1, 0.9, 0.8])
+    np.testing.assert_allclose(
+        rerank_head(first, head, 0.6, adaptive=True)[:3], blend(first[:3], head, 0.6 * (1 - 0.8))
+    )
 
 
 def test_choice_rule_overall_and_per_first_stage():
@@ -195,6 +211,7 @@ def test_a_short_run_lowers_the_loss_and_exports_a_reranker(tmp_path, shared_dat
         prov["data_license"]["scifact"].startswith("CC BY-NC") and prov["train_queries"]["python-docs"] == 13
     )
     assert rr.blend == manifest["rerank"]["blend"] and rr.depth == 10
+    assert manifest["rerank"]["scale"] == "adaptive" and rr.defaults().adaptive  # chosen on sigmoid scores
     assert "recall" not in manifest["rerank"]  # two dev domains (SciFact + Python docs): one weight
     check = manifest["variants"]["int8"]["retrieval"]
     assert check["passed"] and check["queries"] == 8 and check["split"] == "train"
@@ -226,7 +243,8 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     assert (rr.blend, rr.depth, rr.long_documents) == (choice["blend"], choice["depth"], "truncate")
     assert set(choice["per_recall"]) == {"bm25"}
     bm25 = choice["per_recall"]["bm25"]
-    assert rr.defaults("bm25") == RerankDefaults(bm25["blend"], bm25["depth"])
+    assert rr.defaults("bm25") == RerankDefaults(bm25["blend"], bm25["depth"], adaptive=True)
+    assert choice["scale"] == "adaptive"  # a sigmoid head: the grid scaled each weight as the engine will
     with pytest.raises(ValueError, match="test split"):
         choose_defaults(folder, shared_data / "scifact", split="test", config=config)
 
