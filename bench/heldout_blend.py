@@ -32,6 +32,7 @@ from duorank.models_export.train import (
     first_stage_runs,
     judged_queries,
     pair_scorer,
+    sigmoid_head,
 )
 
 log = logging.getLogger("heldout_blend")
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if ds.name in trained_on(rr):
         p.error(f"{args.folder} trained on {ds.name}: not a held-out domain for it")
     cfg = TrainConfig()
-    adaptive = rr.manifest.get("activation") == "sigmoid"  # as choose-blend
-    choice = _choose_blend(pair_scorer(rr), [held_out_part(ds, cfg)], cfg, adaptive=adaptive)
+    choice = _choose_blend(pair_scorer(rr), [held_out_part(ds, cfg)], cfg, adaptive=sigmoid_head(rr))
     print(f"{rr.folder} ({rr.variant}) on {ds.name} ({len(ds.queries)} queries, none trained on), nDCG@10:\n")
     print(table(choice))
     print(f"\nthe dev rule here: {json.dumps({k: choice[k] for k in ('source', 'depth', 'blend')})}")

@@ -684,7 +684,7 @@ def _choose_blend(
     `adaptive_weight`; the choice then records `scale: "adaptive"`.
     """
     from duorank.eval.metrics import evaluate
-    from duorank.lexical import adaptive_weight, best_first, blend
+    from duorank.lexical import best_first, rerank_head
 
     deepest = max(cfg.depths)
     scored = []  # per part: {(q, d): reranker score} over every source's top `deepest`
@@ -707,7 +707,7 @@ def _choose_blend(
                             continue
                         first = np.asarray(part.scores[source][q][: len(docs)], dtype=np.float64)
                         head = np.array([rerank[q, d] for d in docs])
-                        mixed = blend(first, head, adaptive_weight(a, head) if adaptive else a)
+                        mixed = rerank_head(first, head, a, adaptive=adaptive)  # as Engine.search blends
                         # as ranks: trec_eval would break score ties by doc id, the engine keeps the list's
                         # order (RRF ties abound), and only then is weight 0 the first stage at every depth
                         order = best_first(mixed)
@@ -772,9 +772,15 @@ def choose_defaults(
         raise ValueError("the test split is never used to choose: give 'train' (or your own split)")
     parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
     rr = Reranker.load(folder, long_documents="truncate")
-    choice = _choose_blend(pair_scorer(rr), parts, cfg, adaptive=rr.manifest.get("activation") == "sigmoid")
+    choice = _choose_blend(pair_scorer(rr), parts, cfg, adaptive=sigmoid_head(rr))
     _record_defaults(Path(folder), choice, provenance=True)
     return choice
+
+
+def sigmoid_head(rr: Any) -> bool:
+    """Whether a duorank Reranker's scores lie in [0, 1] (a sigmoid head), so its blend weight is chosen
+    and applied on the adaptive scale."""
+    return bool(rr.manifest.get("activation") == "sigmoid")
 
 
 def pair_scorer(rr: Any) -> Callable[[list[tuple[str, str]]], np.ndarray]:
