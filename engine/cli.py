@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="duorank",
         description="Performance-first retrieval for RAG: embed, search (exact, HNSW, BM25, hybrid), rerank.",
-        epilog="Data goes to stdout, logs to stderr. Exit codes: 0 ok, 1 error, 2 usage.",
+        epilog='example: duorank index kb/ notes/ && duorank search kb/ "how do I reset my password?"\n'
+        "Data goes to stdout, logs to stderr. Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"duorank {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "models",
         help="list, build and export ONNX models",
         description="List, build and export duorank model folders (ONNX + tokenizer + manifest).",
+        epilog="example: duorank models list",
     )
     msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     ls = msub.add_parser(
@@ -76,8 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Quantise FOLDER's fp32 graph to int8 (the recipe of `export --int8`), check it against "
         "the fp32 graph on the edge set and on labelled data (--data: nDCG@10 within 1 point), and add it to "
         "FOLDER (or write --out with the --keep variants).",
-        epilog="example:\n  duorank models quantize ./reranker --data ../shared/data/scifact "
-        "--out ./rr-int8 --keep int8",
+        epilog="example:\n  duorank models quantize ./reranker --data ./scifact --out ./rr-int8 --keep int8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     qz.add_argument("folder", metavar="FOLDER")
@@ -111,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Fine-tune a cross-encoder from an encoder's weights on the labelled queries of a "
         "BEIR dataset (never its test split), choose the blend weight and rerank depth on a held-out dev "
         "part, and export it through the parity gate. Needs the [export] extra (torch, transformers).",
-        epilog="examples:\n  duorank models train-reranker --data ../shared/data/scifact --out ./reranker\n"
+        epilog="examples:\n  duorank models train-reranker --data ./scifact --out ./reranker\n"
         "  duorank models train-reranker --base ./my-encoder --data ./my-qrels --out ./rr --epochs 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -177,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         "per dataset the seeded train/dev split, negatives mined from the first stages, the dev queries' "
         "candidate lists, and --distill pairs scored by the embedder. Training from it (train-reranker "
         "--data FILE.json.gz) needs only torch and transformers: prepare here, train on a GPU machine.",
-        epilog="example:\n  duorank models prepare-training --data ../shared/data/scifact --python-docs 200"
+        epilog="example:\n  duorank models prepare-training --data ./scifact --python-docs 200"
         " --distill 16000 --out set.json.gz\n  duorank models train-reranker --data set.json.gz "
         "--device cuda --bf16 --no-export --out ./ckpt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,15 +198,16 @@ def _parser() -> argparse.ArgumentParser:
         help="measure retrieval, rerank, STS, clustering, classification on labelled data",
         description="Evaluate models and pipelines on labelled data (BEIR folders or zips, "
         "STS Benchmark, labelled jsonl such as Banking77).",
+        epilog="example: duorank eval retrieval --data ./scifact --reranker default",
     )
     esub = ev.add_subparsers(dest="eval_command", metavar="TASK")
     r = esub.add_parser(
         "retrieval",
         help="BM25, dense, hybrid and reranked systems side by side",
-        epilog="example: duorank eval retrieval --dataset ../shared/data/scifact --out report/",
+        epilog="example: duorank eval retrieval --data ./scifact --out report/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("--dataset", required=True, metavar="PATH", help="BEIR folder or .zip")
+    r.add_argument("--data", required=True, metavar="PATH", help="BEIR folder or .zip")
     r.add_argument("--split", default="test")
     r.add_argument("--model", default="default", help="embedder name or folder (default: %(default)s)")
     r.add_argument("--reranker", help="cross-encoder name or folder: adds the +cross systems")
@@ -229,8 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         t = esub.add_parser(
             task,
             help=helptext,
-            epilog=f"example: duorank eval {task} --data ../shared/data/"
-            + ("stsb" if task == "sts" else "banking77"),
+            epilog=f"example: duorank eval {task} --data ./" + ("stsb" if task == "sts" else "banking77"),
         )
         t.add_argument("--data", required=True, metavar="PATH")
         t.add_argument("--model", default="default")
@@ -238,7 +240,11 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--spin", action="store_true", help=SPIN_HELP)
         _device_options(t)
     _engine_commands(sub)
-    ds = sub.add_parser("datasets", help="fetch public BEIR datasets into the cache (needs network)")
+    ds = sub.add_parser(
+        "datasets",
+        help="fetch public BEIR datasets into the cache (needs network)",
+        epilog="example: duorank datasets get scifact",
+    )
     dsub = ds.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND")
     g = dsub.add_parser(
         "get",
@@ -273,17 +279,19 @@ def _engine_commands(sub: Any) -> None:
 
     ix = sub.add_parser(
         "index",
-        help="add text files, a folder of .txt/.md, or JSONL to a collection",
-        description="Embed documents and add them to the collection DIR (created if missing). SOURCE is "
-        "a .txt/.md file (one document), a folder (each .txt/.md file below it is a document, its id the "
+        help="add text files, folders of .txt/.md, or JSONL to a collection",
+        description="Embed documents and add them to the collection DIR (created if missing). Each SOURCE "
+        "is a .txt/.md file (one document), a folder (each .txt/.md file below it is a document, its id the "
         'relative path) or a .jsonl file (one {"id", "text", "metadata"} object per line; - '
-        "reads stdin). All or nothing: an error or Ctrl-C leaves the collection as it was.",
-        epilog="examples:\n  duorank index notes/ --collection kb/\n"
-        "  duorank index docs.jsonl --collection kb/ --index hnsw --chunk-tokens 200",
+        "reads stdin). Empty documents are skipped with a warning (--strict: an error). All or nothing: an "
+        "error or Ctrl-C leaves the collection as it was.",
+        epilog="examples:\n  duorank index kb/ notes/\n"
+        "  duorank index kb/ docs.jsonl more.jsonl --index hnsw --chunk-tokens 200",
         formatter_class=raw,
     )
-    ix.add_argument("source", metavar="SOURCE")
-    ix.add_argument("--collection", required=True, metavar="DIR")
+    ix.add_argument("collection", metavar="DIR")
+    ix.add_argument("sources", nargs="+", metavar="SOURCE")
+    ix.add_argument("--strict", action="store_true", help="fail on an empty document instead of skipping it")
     ix.add_argument("--model", default="default", help="embedder for a new collection (default: %(default)s)")
     ix.add_argument("--reranker", help="reranker to record for searches of a new collection")
     ix.add_argument(
@@ -458,12 +466,43 @@ def _load_source(source: str) -> tuple[list[str], list[str], list[dict[str, Any]
     raise FileNotFoundError(f"{source}: no such file or folder")
 
 
+def _without_empty(
+    texts: list[str], ids: list[str], meta: list[dict[str, Any]] | None, strict: bool
+) -> tuple[list[str], list[str], list[dict[str, Any]] | None, int]:
+    """The documents with text in them (real corpora hold empty ones), and how many were dropped; with
+    `strict`, an empty document is an error instead."""
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if not empty:
+        return texts, ids, meta, 0
+    first = ", ".join(repr(ids[i]) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    if strict:
+        raise ValueError(f"{len(empty)} empty documents (ids {first}); --strict refuses them")
+    log.warning("skipped %d empty documents (ids %s)", len(empty), first)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    return (
+        [texts[i] for i in keep],
+        [ids[i] for i in keep],
+        None if meta is None else [meta[i] for i in keep],
+        len(empty),
+    )
+
+
 def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from pathlib import Path
 
     from .pipeline import Engine
 
-    texts, ids, meta = _load_source(args.source)
+    texts: list[str] = []
+    ids: list[str] = []
+    meta: list[dict[str, Any]] = []
+    for source in args.sources:
+        t, i, m = _load_source(source)
+        texts += t
+        ids += i
+        meta += m if m is not None else [{} for _ in t]
+    texts, ids, kept_meta, skipped = _without_empty(texts, ids, meta, args.strict)
+    if not texts:
+        raise ValueError(f"nothing to add: every document of {', '.join(args.sources)} is empty")
     if (Path(args.collection) / "collection.json").is_file():
         eng = Engine.open(args.collection, "a", reranker=False)
     else:
@@ -478,10 +517,11 @@ def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             chunk_overlap=args.chunk_overlap if args.chunk_tokens else 0,
         )
     with eng:
-        report = eng.add(texts, ids, meta)
+        report = eng.add(texts, ids, kept_meta)
     out = {
         "collection": args.collection,
         "documents": report.documents,
+        "skipped_empty": skipped,
         "chunks": report.chunks,
         "truncated": report.truncated,
         "seconds": round(report.seconds, 3),
@@ -492,7 +532,8 @@ def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         print(
             f"added {report.documents} documents ({report.chunks} chunks, {report.truncated} cut at the "
-            f"model's max length) in {report.seconds:.1f} s; {args.collection} holds {len(eng)} chunks"
+            f"model's max length; {skipped} empty skipped) in {report.seconds:.1f} s; "
+            f"{args.collection} holds {len(eng)} chunks"
         )
     return 0
 
@@ -639,7 +680,7 @@ def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .eval.report import markdown, save
     from .models import Reranker
 
-    data = load_beir(args.dataset, args.split, ignore_identical_ids=args.ignore_identical_ids)
+    data = load_beir(args.data, args.split, ignore_identical_ids=args.ignore_identical_ids)
     rr = (
         Reranker.load(args.reranker, device=args.device, threads=args.threads, spin=args.spin)
         if args.reranker

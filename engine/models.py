@@ -1,7 +1,7 @@
 """The model runtime: ONNX embedders and cross-encoder rerankers (onnxruntime, tokenizers, numpy; no torch).
 
-A model is a folder (DESIGN.md): `model.onnx` (+ `model.fp16.onnx`, `model.int8.onnx`), `tokenizer.json` and
-`duorank-model.json`. `Embedder.load("default")` builds the default folder once from an installed weights
+A model is a folder (docs/format.md): `model.onnx` (+ `model.fp16.onnx`, `model.int8.onnx`), `tokenizer.json`
+and `duorank-model.json`. `Embedder.load("default")` builds the default folder once from an installed weights
 package (see `duorank.models_export.builtin`). One loaded model serves concurrent calls from many threads:
 the tokenizer and the onnxruntime session are both safe to share, and no call changes the object.
 """
@@ -37,10 +37,10 @@ KINDS = ("embedder", "reranker")
 POOLINGS = ("mean", "cls", "last", "none")
 # Padded tokens per run: small batches keep the attention scores in cache on a CPU (512 beat 2,048 by 13%
 # and 8,192 by 36% on this 2-core machine, all-MiniLM-L6-v2, mixed SciFact texts); GPUs want big ones.
-DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, README "On a GPU"
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, docs/models.md, "On a GPU"
 # Padded lengths are rounded up to this multiple: a CUDA session pays about 50 ms the first time it meets
-# an input shape (bench/gpu_shapes.py, README "On a GPU with the real models"); a CPU session pays only for
-# the padding.
+# an input shape (bench/gpu_shapes.py, docs/models.md, "On a GPU with the real models"); a CPU session pays
+# only for the padding.
 DEFAULT_PAD_MULTIPLE = {"cpu": 1, "cuda": 32}
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -66,7 +66,7 @@ def models_dir() -> Path:
 
 
 # The default reranker ships inside the package (int8, 23 MB): trained here by `duorank models
-# train-reranker` (README, "Reranker training"); no download, no torch.
+# train-reranker` (docs/training.md); no download, no torch.
 PACKAGED = {"reranker": Path(__file__).parent / "weights" / "reranker"}
 
 
@@ -209,7 +209,7 @@ def _session(
     spin=False: the pool's threads sleep between the graph's nodes (passive waiting), so concurrent work
     (another call, a search in another thread) keeps the cores. spin=True: they spin between nodes while a
     call runs and stop when it returns (`session.force_spinning_stop`), so nothing is taken from the work
-    that follows; faster for one caller at a time, slower when calls overlap (README "Spinning")."""
+    that follows; faster for one caller at a time, slower when calls overlap (docs/models.md, "Spinning")."""
     import onnxruntime as ort
 
     if not isinstance(spin, bool):
@@ -428,7 +428,7 @@ class Embedder(_Model):
         verify: bool = True,
     ) -> Embedder:
         """spin=True: onnxruntime's threads spin between nodes while a call runs (faster for one caller at a
-        time, slower when calls overlap; README "Spinning")."""
+        time, slower when calls overlap; docs/models.md, "Spinning")."""
         folder = resolve(name_or_path, cls.kind)
         return cls(
             folder,

@@ -3,11 +3,11 @@
 Importing this module loads (or compiles, first time) every kernel; the engine imports it lazily.
 
 Thread pool: Numba's. If Numba picks its OpenMP layer, OpenMP's default active spin-wait would keep a
-core busy after each parallel kernel and starve BLAS or the next call on small machines (PERF.md), so
-OMP_WAIT_POLICY defaults to PASSIVE here unless the caller set it (it takes effect only if OpenMP was
-not loaded yet by another library). Numba's compiled-kernel cache goes to $DUORANK_HOME/numba/<this
-package's import name> unless NUMBA_CACHE_DIR is set (if another library imported Numba first, its config
-is reloaded so that the setting still applies).
+core busy after each parallel kernel and starve BLAS or the next call on small machines (docs/search.md,
+"Thread pool"), so OMP_WAIT_POLICY defaults to PASSIVE here unless the caller set it (it takes effect only
+if OpenMP was not loaded yet by another library). Numba's compiled-kernel cache goes to
+$DUORANK_HOME/numba/<this package's import name> unless NUMBA_CACHE_DIR is set (if another library imported
+Numba first, its config is reloaded so that the setting still applies).
 
 The import name is part of the path because Numba keys its cache by source file, yet records the module
 name inside each entry and re-imports that module to load it: in a source checkout these files are also

@@ -35,7 +35,7 @@ def detect_kind(folder: Path) -> str:
 
 
 def describe(folder: Path, kind: str) -> dict[str, Any]:
-    """Manifest fields read from the folder's config files (see DESIGN.md, model folder)."""
+    """Manifest fields read from the folder's config files (docs/format.md, "Model folder")."""
     folder = Path(folder)
     cfg = _json(folder / "config.json")
     if not cfg:

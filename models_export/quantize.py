@@ -7,12 +7,16 @@ from typing import Any
 
 from duorank.models import INT8_ACTIVATIONS, VARIANTS
 
+from .deps import require
+
 log = logging.getLogger("duorank.models_export")
 
 
 def optimize(model: Any, facts: dict[str, Any]) -> Any:
     """onnxruntime's transformer optimizer: fused Attention, SkipLayerNorm, BiasGelu (contrib ops)."""
     import onnx
+
+    require("sympy")  # onnxruntime's symbolic shape inference, used by the fusions and the fp16 conversion
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = _copy(model, onnx)  # the optimizer edits its input in place
@@ -96,8 +100,8 @@ def to_int8(model: Any, facts: dict[str, Any]) -> Any:
     - Embedding tables (constant 2-D `Gather` data): int8 rows, one scale per row.
     - Activation x activation MatMuls (attention) and everything else stay fp32.
 
-    all-MiniLM-L6-v2, against its fp32 graph (README "int8"): edge-set mean cosine 0.992 (the per-tensor
-    recipe: 0.990), SciFact abstracts mean 0.996.
+    all-MiniLM-L6-v2, against its fp32 graph (docs/models.md, "int8"): edge-set mean cosine 0.992 (the
+    per-tensor recipe: 0.990), SciFact abstracts mean 0.996.
     """
     import numpy as np
     import onnx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -54,7 +55,7 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def kb(tmp_path, default_embedder):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    assert main(["index", str(src), "--collection", str(tmp_path / "kb"), "--json"]) == 0
+    assert main(["index", str(tmp_path / "kb"), str(src), "--json"]) == 0
     return tmp_path / "kb"
 
 
@@ -85,7 +86,7 @@ def test_index_search_info(kb, tmp_path, capsys):
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("Notes about gardening and tomatoes.")
     (folder / "sub" / "b.md").write_text("# Cooking\nHow to bake bread at home.")
-    assert main(["index", str(folder), "--collection", str(kb)]) == 0
+    assert main(["index", str(kb), str(folder)]) == 0
     assert "added 2 documents" in capsys.readouterr().out
     assert main(["search", str(kb), "baking bread", "--top-n", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["queries"][0]["hits"][0]["id"] == "sub/b.md"
@@ -121,10 +122,10 @@ def test_errors_exit_1(kb, tmp_path, caplog):
     assert "384-d vectors" in caplog.text
     assert main(["search", str(kb), "x", "--rerank", "cross"]) == 1
     assert "needs a reranker" in caplog.text
-    assert main(["index", str(tmp_path / "nothing-here"), "--collection", str(kb)]) == 1
+    assert main(["index", str(kb), str(tmp_path / "nothing-here")]) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "pw", "text": "again"}\n')
-    assert main(["index", str(bad), "--collection", str(kb)]) == 1
+    assert main(["index", str(kb), str(bad)]) == 1
     assert "already in the store" in caplog.text
     assert main(["info", str(kb), "--json"]) == 0  # nothing of the failed index landed
 
@@ -138,7 +139,7 @@ def test_ctrl_c_during_index_keeps_the_collection(kb, tmp_path):
                 + "\n"
             )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "duorank.cli", "index", str(big), "--collection", str(kb)],
+        [sys.executable, "-m", "duorank.cli", "index", str(kb), str(big)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -171,10 +172,69 @@ def test_demo_in_a_subprocess(default_embedder):
     assert json.loads(again.stdout)["queries"][0]["hits"]
 
 
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of the parser, as the words that name it."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*path, name))
+                found += _commands(sub, (*path, name))
+    return found
+
+
 def test_help_on_every_command():
-    for cmd in ("demo", "index", "search", "info", "bench"):
-        res = _run(cmd, "--help", timeout=60)
+    from duorank.cli import _parser
+
+    commands = _commands(_parser())
+    assert ("index",) in commands and ("models", "export") in commands and ("eval", "retrieval") in commands
+    for cmd in commands:
+        res = _run(*cmd, "--help", timeout=60)
         assert res.returncode == 0 and "example" in res.stdout, cmd
+
+
+def test_the_collection_comes_first(kb, capsys):
+    """`index DIR SOURCE...`, `search DIR QUERY...`, `info DIR`: the folder is the first word everywhere."""
+    from duorank.cli import _parser
+
+    for cmd in ("index", "search", "info"):
+        sub = _parser().parse_args([cmd, "kb/", "x"] if cmd != "info" else [cmd, "kb/"])
+        assert sub.collection == "kb/", cmd
+    with pytest.raises(SystemExit) as exit_:
+        main(["index", str(kb), "docs.jsonl", "--collection", str(kb)])
+    assert exit_.value.code == 2 and "--collection" in capsys.readouterr().err
+
+
+def test_index_skips_empty_documents_and_counts_them(tmp_path, default_embedder, capsys, caplog):
+    """Real corpora hold empty documents: bulk ingest skips them with a warning naming them, reports the
+    count, and fails only with --strict (leaving the collection as it was); the library's add still
+    refuses them."""
+    docs = [*DOCS[:2], {"id": "blank", "text": "  \n "}, {"id": "none", "text": ""}]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps(DOCS[2]) + "\n")
+    kb = tmp_path / "kb"
+    capsys.readouterr()
+    assert main(["index", str(kb), str(src), str(more), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents"] == 3 and report["skipped_empty"] == 2 and report["total"] == 3
+    assert "skipped 2 empty documents (ids 'blank', 'none')" in caplog.text
+    assert main(["index", str(kb), str(src), "--strict"]) == 1
+    assert "2 empty documents (ids 'blank', 'none'); --strict refuses them" in caplog.text
+    assert main(["info", str(kb), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 3
+    only_empty = tmp_path / "empty.jsonl"
+    only_empty.write_text(json.dumps({"id": "e", "text": " "}) + "\n")
+    assert main(["index", str(kb), str(only_empty)]) == 1
+    assert "every document of" in caplog.text
+    import duorank
+
+    with (
+        duorank.Engine.open(kb, "a") as eng,
+        pytest.raises(ValueError, match=r"texts\[0\] \(id 'e'\) is empty"),
+    ):
+        eng.add([" "], ["e"])
 
 
 def test_bench_prints_rates(default_embedder):

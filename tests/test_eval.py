@@ -305,7 +305,7 @@ def test_eval_command_device_and_variant(tmp_path, default_embedder, capsys, cap
     from duorank.cli import main
 
     data = str(_beir(tmp_path / "mini"))
-    args = ["eval", "retrieval", "--dataset", data, "--systems", "dense", "--top-k", "3", "--top-n", "2"]
+    args = ["eval", "retrieval", "--data", data, "--systems", "dense", "--top-k", "3", "--top-n", "2"]
     args.append("--json")
     assert main([*args, "--variant", "int8", "--threads", "2", "--spin"]) == 0
     report = json.loads(capsys.readouterr().out)

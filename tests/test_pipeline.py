@@ -65,7 +65,7 @@ def test_recall_sources_and_embedding_rerank_on_scifact(scifact_slice, default_e
 
 
 def test_the_default_reranker_improves_dense_on_scifact(scifact_slice, default_embedder):
-    """The packaged cross-encoder (trained here, README "Reranker training") over dense candidates, with
+    """The packaged cross-encoder (trained here, docs/training.md) over dense candidates, with
     its recorded blend and depth: better nDCG@10 than dense alone on the slice (SciFact test queries,
     never used in training or choosing)."""
     folder, qids, queries, qrels = scifact_slice

@@ -23,6 +23,19 @@ def test_ci_runs_the_readme_commands_verbatim():
         assert command in ci, f".ci/run does not run {command!r}"
 
 
+def test_the_readme_python_quick_start_runs(tmp_path, monkeypatch, default_embedder, capsys):
+    """The README's first Python box is a program: it runs as written, and finds the password text."""
+    readme = (ROOT / "README.md").read_text()
+    box = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert box is not None, "README.md lost its Python quick start"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(box.group(1), "README.md", "exec"), namespace)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("pw "), first
+    assert (tmp_path / "kb" / "collection.json").is_file()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "duorank.cli", *args], capture_output=True, text=True, timeout=60
