@@ -7,20 +7,41 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import duorank
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ci_runs_the_readme_commands_verbatim():
+    """.ci/run reads the Set up box out of README.md (so the two cannot drift apart), runs each line in its
+    own shell and fails on its exit status, in a fresh virtual environment with an empty model cache."""
     readme = (ROOT / "README.md").read_text()
     box = re.search(r"## Set up\n\n```bash\n(.*?)```", readme, re.S)
     assert box is not None, "README.md lost its Set up box"
     commands = [line for line in box.group(1).splitlines() if line.strip()]
-    assert len(commands) == 2
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    for command in commands:
-        assert command in ci, f".ci/run does not run {command!r}"
+    assert commands[0].startswith('pip install ".[models]"') and "duorank demo" in commands[0]
+    assert commands[1].startswith('pip install -e ".[test]"') and "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    extract = re.search(r"mapfile -t commands < <\((awk .*? README\.md)\)", ci)
+    assert extract is not None, ".ci/run no longer reads README.md's Set up box"
+    read = subprocess.run(["bash", "-c", extract.group(1)], cwd=ROOT, capture_output=True, text=True)
+    assert read.stdout.splitlines() == commands
+    for promise in ('python3 -m venv "$work/venv"', 'export DUORANK_HOME="$work/', "pip check", "pip freeze"):
+        assert promise in ci, promise
+    assert "--system-site-packages" not in ci
+
+
+def _fails_in_ci_shell(line: str) -> bool:
+    """Whether .ci/run's way of running a README line reports a failure of its first half."""
+    return subprocess.run(["bash", "-o", "pipefail", "-c", line], capture_output=True).returncode != 0
+
+
+def test_a_failed_install_fails_ci():
+    """`set -e` ignores a failure inside `a && b`: .ci/run must see the status of the whole line."""
+    assert _fails_in_ci_shell("false && true")
+    assert 'if ! bash -o pipefail -c "$command"' in (ROOT / ".ci" / "run").read_text()
 
 
 def test_the_readme_python_quick_start_runs(tmp_path, monkeypatch, default_embedder, capsys):
@@ -111,3 +132,32 @@ def test_numba_cache_survives_a_top_level_kernels_import(tmp_path):
     then = _kernel_probe(tmp_path, before="import sys", after="print('kernels' in sys.modules)", cwd=tmp_path)
     assert then.stdout.strip() == "False"
     assert {p.name for p in (tmp_path / "numba").iterdir()} == {"kernels", "duorank.kernels"}
+
+
+def test_constraints_satisfy_the_requirements():
+    """constraints.txt (the versions the suite last passed with) pins versions every requirement of
+    pyproject.toml admits, so `pip install -c constraints.txt ".[models]"` resolves."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not NAME==VERSION"
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    for extra in ("models", "eval", "test"):
+        requirements += project["optional-dependencies"][extra]
+    checked = 0
+    for text in requirements:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name == "duorank" or (req.marker is not None and not req.marker.evaluate()):
+            continue
+        assert name in pins, f"constraints.txt lacks {req.name} (refresh: bash .ci/run --write-constraints)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} vs {text}"
+        checked += 1
+    assert checked >= 15
