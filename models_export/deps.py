@@ -8,7 +8,6 @@ from types import ModuleType
 _EXTRA = {
     "onnx": "models",
     "safetensors": "models",
-    "sympy": "models",
     "torch": "export",
     "transformers": "export",
     "optimum": "export",

@@ -7,26 +7,33 @@ from typing import Any
 
 from duorank.models import INT8_ACTIVATIONS, VARIANTS
 
-from .deps import require
-
 log = logging.getLogger("duorank.models_export")
 
 
 def optimize(model: Any, facts: dict[str, Any]) -> Any:
-    """onnxruntime's transformer optimizer: fused Attention, SkipLayerNorm, BiasGelu (contrib ops)."""
-    import onnx
+    """onnxruntime's transformer optimizer: fused Attention, SkipLayerNorm, BiasGelu (contrib ops).
 
-    require("sympy")  # onnxruntime's symbolic shape inference, used by the fusions and the fp16 conversion
+    Without its symbolic shape inference, which needs sympy (85 MB installed; onnxruntime-gpu >= 1.31 no
+    longer pulls it): for the default embedder the fused graph is byte for byte the one it gives with it.
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = _copy(model, onnx)  # the optimizer edits its input in place
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    # onnxruntime imports its fusion modules as top-level ones; this one warns that the (deliberately) absent
+    # shape inference is absent, at every fusion
+    for name in ("onnxruntime.transformers", "fusion_skiplayernorm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    options = FusionOptions("bert")
+    options.enable_shape_inference = False
     opt = optimize_model(
         model,
         model_type="bert",
         num_heads=facts["num_attention_heads"],
         hidden_size=facts["hidden_size"],
         opt_level=0,
+        optimization_options=options,
     )
     log.info("optimizer fusions: %s", {k: v for k, v in opt.get_fused_operator_statistics().items() if v})
     return opt.model
@@ -43,15 +50,18 @@ def to_fp16(model: Any, facts: dict[str, Any]) -> Any:
 
 def _half(fused: Any) -> Any:
     """fp16 of a fused graph; DequantizeLinear (int8 embedding lookups) stays fp32: opset 17 has no fp16
-    scales."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
-    from onnxruntime.transformers.onnx_model import OnnxModel
+    scales. No shape inference (ONNX's cannot type the contrib ops, onnxruntime's symbolic one needs sympy):
+    for the default embedder the nodes and weights equal those of the symbolic path, which only adds
+    `value_info` type annotations (onnxruntime infers the types again when it loads the graph)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = OnnxModel(fused)
-    model.convert_float_to_float16(
-        keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "DequantizeLinear"]
+    return convert_float_to_float16(
+        _copy(fused, onnx),
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, "DequantizeLinear"],
+        disable_shape_infer=True,
     )
-    return model.model
 
 
 def expand_for_gpu(model: Any, facts: dict[str, Any] | None) -> tuple[Any, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -444,6 +446,29 @@ def test_optimized_and_fp16_variants_keep_parity(tmp_path):
     plain = Embedder.load(export(src, tmp_path / "plain", backend="numpy")).encode(texts)
     np.testing.assert_allclose(Embedder.load(out).encode(texts), plain, atol=1e-5)
     assert parity.cosines(Embedder.load(out, variant="fp16").encode(texts), plain).min() >= 0.9999
+
+
+def test_fusion_and_fp16_need_no_sympy(tmp_path):
+    """The default build (optimizer fusions, fp16) and the GPU expansion of int8 folders run without sympy,
+    which onnxruntime's symbolic shape inference needs and onnxruntime-gpu >= 1.31 no longer installs: in
+    a process where `import sympy` fails, a BERT exports with both variants through the parity gate."""
+    src = tiny_bert_folder(tmp_path / "hf", kind="embedder", seed=5)
+    code = (
+        "import sys; sys.modules['sympy'] = None\n"  # `import sympy` raises ImportError from here on
+        "from duorank.models_export import export\n"
+        "from duorank.models import read_manifest\n"
+        f"out = export({str(src)!r}, {str(tmp_path / 'onnx')!r}, backend='numpy', optimize=True, fp16=True)\n"
+        "m = read_manifest(out)\n"
+        "import onnx\n"
+        "from duorank.models_export.quantize import expand_for_gpu\n"
+        "_, precision = expand_for_gpu(onnx.load(str(out / 'model.onnx')), m)\n"
+        "v = m['variants']\n"
+        "print(v['fp32'].get('optimized'), v['fp16']['parity']['min_cosine'], precision)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    optimized, min_cosine, precision = run.stdout.split()
+    assert optimized == "True" and float(min_cosine) >= parity.FP_MIN_COSINE and precision == "fp16"
 
 
 # ---- CLI and the hub path ------------------------------------------------------------------------
