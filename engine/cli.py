@@ -438,14 +438,14 @@ def _load_source(source: str) -> tuple[list[str], list[str], list[dict[str, Any]
     from pathlib import Path
 
     if source == "-" or source.endswith(".jsonl"):
-        from .eval.datasets import _objects  # one JSON-lines reader: errors name file and line
+        from .eval.datasets import json_objects  # one JSON-lines reader: errors name file and line
 
         stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
         texts: list[str] = []
         ids: list[str] = []
         meta: list[dict[str, Any]] = []
         with stream:
-            for n, obj in _objects(stream, source):
+            for n, obj in json_objects(stream, source):
                 if not isinstance(obj.get("text"), str):
                     raise ValueError(f"{source}:{n}: expected an object with a string 'text'")
                 texts.append(str(obj["text"]))

@@ -26,8 +26,9 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,13 @@ class Collection:
         self._bm25: BM25 | None = None
         self._bm25_file: Any = None  # open handle on this generation's BM25 file (read on first use)
         self._bm25_stale = False
+        # last, so that a failure above leaves the lock to the caller: a writer dropped without close() (out
+        # of scope, garbage collected) still gives its lock back
+        self._release = (
+            weakref.finalize(self, _give_up_writing, lock, folder / self.WORKING)
+            if lock is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ create / open / close
     @classmethod
@@ -293,9 +301,8 @@ class Collection:
         self._store.close()
         if self._bm25_file is not None:
             self._bm25_file.close()
-        if self._lock is not None:
-            _remove_working(self.path / self.WORKING)
-            _release_lock(self._lock)
+        if self._release is not None:
+            self._release()  # once: removes the working copy, releases the lock
             self._lock = None
         self._dirty = False
 
@@ -392,9 +399,8 @@ class Collection:
         self._writable("delete")
         external = [str(i) for i in ids]
         if len(set(external)) != len(external):
-            raise ValueError(
-                f"delete: repeated ids {sorted({e for e in external if external.count(e) > 1})[:10]}"
-            )
+            counts = Counter(external)
+            raise ValueError(f"delete: repeated ids {sorted(e for e, n in counts.items() if n > 1)[:10]}")
         internal = self._store.internal_ids(external)
         if not internal.size:
             return
@@ -503,7 +509,7 @@ class Collection:
         out = np.zeros((*arr.shape, self.dim), np.float32)
         known = arr >= 0
         if known.any():
-            out[known] = self._vectors.vectors[self._vectors._rows_of(arr[known], "vectors_of")]
+            out[known] = self._vectors.vectors[self._vectors.rows_of(arr[known], "vectors_of")]
         return out
 
     @property
@@ -652,13 +658,25 @@ def _take_lock(path: Path) -> int:
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
+        where = (
+            "by this process (another Collection or Engine object: close() it, or use it)"
+            if holder == str(os.getpid())
+            else f"elsewhere (pid {holder})"
+        )
         raise CollectionLockedError(
-            f"{path.parent} is open for writing elsewhere (pid {holder}); one writer at a time: close it "
-            "first, or open the collection read-only (mode='r')"
+            f"{path.parent} is open for writing {where}; one writer at a time: close it first, or open the "
+            "collection read-only (mode='r')"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _give_up_writing(lock: int, working: Path) -> None:
+    """What a writer leaves when it closes, or when it is garbage collected unclosed: no working copy of
+    the documents, no lock."""
+    _remove_working(working)
+    _release_lock(lock)
 
 
 def _release_lock(fd: int) -> None:

@@ -30,7 +30,7 @@ from .errors import IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
 from .hnsw_graph import UsearchGraph, built, retyped
-from .index import Dtype, _kernels
+from .index import Dtype, load_kernels
 from .validate import as_ids, as_k, as_vectors
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class HnswIndex:
             old = np.asarray(self._index.get(keep.astype(np.uint64), dtype=np.float32), dtype=np.float32)
             old = old.reshape(keep.size, self.dim)
             if self.dtype is not Dtype.F32:  # decoded f16 / i8 rows: back to unit length
-                _kernels().normalize_rows(old, np.empty(keep.size, np.float32))
+                load_kernels().normalize_rows(old, np.empty(keep.size, np.float32))
             ids = np.concatenate([keep, ids])
             v = np.concatenate([old, v])
         dtype = _USEARCH_DTYPE[self.dtype]
@@ -264,7 +264,7 @@ class HnswIndex:
             vecs = graph.rows(allow)
             present = graph.keys[allow]
             unit = q[todo].copy()
-            _kernels().normalize_rows(unit, np.empty(todo.size, np.float32))
+            load_kernels().normalize_rows(unit, np.empty(todo.size, np.float32))
             for row, u in zip(todo.tolist(), unit):
                 s = vecs @ u
                 order = np.lexsort((present, -s))[:k]  # ties: the smaller id first

@@ -58,7 +58,7 @@ def _threads() -> int:
     return int(numba.get_num_threads())
 
 
-def _kernels() -> Any:
+def load_kernels() -> Any:
     # lazy: importing numba costs ~0.3 s, `import duorank` must not pay it
     return importlib.import_module("duorank.kernels")
 
@@ -118,7 +118,7 @@ class ExactIndex:
         i = np.searchsorted(self._ids, id_)
         return bool(i < len(self) and self._ids[i] == id_)
 
-    def _rows_of(self, ids: NDArray[np.int64], what: str) -> NDArray[np.int64]:
+    def rows_of(self, ids: NDArray[np.int64], what: str) -> NDArray[np.int64]:
         rows = np.searchsorted(self._ids, ids)
         found = rows < len(self)
         found[found] = self._ids[rows[found]] == ids[found]
@@ -134,7 +134,7 @@ class ExactIndex:
             return v.astype(np.float16).view(np.uint16), _NO_SCALES
         codes = np.empty(v.shape, np.int8)
         scales = np.empty(v.shape[0], np.float32)
-        _kernels().quantize_rows_i8(v, codes, scales)
+        load_kernels().quantize_rows_i8(v, codes, scales)
         return codes, scales
 
     def add(self, vectors: ArrayLike, ids: ArrayLike | None = None) -> NDArray[np.int64]:
@@ -151,7 +151,7 @@ class ExactIndex:
             raise ValueError(f"ids already in the index: {clash[:10].tolist()} ({clash.size} in all)")
         if self.normalize:
             norms = np.empty(v.shape[0], np.float32)
-            _kernels().normalize_rows(v, norms)
+            load_kernels().normalize_rows(v, norms)
             zero = np.flatnonzero(norms == 0)
             if zero.size:
                 log.warning(
@@ -180,7 +180,7 @@ class ExactIndex:
 
     def remove(self, ids: ArrayLike) -> None:
         """Remove rows by id; unknown or duplicate ids raise ValueError and remove nothing."""
-        drop = self._rows_of(as_ids(ids), "remove")
+        drop = self.rows_of(as_ids(ids), "remove")
         keep = np.ones(len(self), np.bool_)
         keep[drop] = False
         self._ids = self._ids[keep]
@@ -206,11 +206,11 @@ class ExactIndex:
         q = as_vectors(queries, self.dim, "queries", copy=self.normalize)
         k = as_k(k)
         if self.normalize:
-            _kernels().normalize_rows(q, np.empty(q.shape[0], np.float32))
+            load_kernels().normalize_rows(q, np.empty(q.shape[0], np.float32))
         mask = _NO_MASK
         if allowed is not None:
             mask = np.zeros(len(self), np.bool_)
-            mask[self._rows_of(as_ids(allowed, "allowed"), "allowed")] = True
+            mask[self.rows_of(as_ids(allowed, "allowed"), "allowed")] = True
         n_out = min(k, len(self))
         rows = np.full((q.shape[0], n_out), -1, np.int64)
         scores = np.full((q.shape[0], n_out), -np.inf, np.float32)
@@ -232,7 +232,7 @@ class ExactIndex:
         *,
         rescore: bool,
     ) -> None:
-        K = _kernels()
+        K = load_kernels()
         k = rows.shape[1]
         exact = self.dtype is Dtype.F32 or not rescore
         m = k if exact else min(len(self), k * self.OVERSAMPLE[self.dtype])

@@ -27,6 +27,7 @@ from . import batching
 from .errors import DuorankError
 from .files import sha256_file
 from .hits import Hits
+from .validate import check_texts
 
 log = logging.getLogger("duorank.models")
 
@@ -263,20 +264,6 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
 
 
-def _check_texts(texts: Sequence[str], name: str = "texts", *, allow_empty: bool = False) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(
-            f"{name} must be a list of str, got a single {type(texts).__name__} (wrap it in a list)"
-        )
-    out = list(texts)
-    if not out and not allow_empty:
-        raise ValueError(f"{name} is empty; pass at least one text")
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
-    return out
-
-
 class _Model:
     """What embedders and rerankers share: the folder, its manifest, the tokenizer and the session."""
 
@@ -463,7 +450,7 @@ class Embedder(_Model):
         normalize: bool = True,
         progress: bool | None = None,
     ) -> Encoded:
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if kind not in ("query", "document"):
             raise ValueError(f"kind {kind!r}, expected 'query' or 'document'")
         prefix = self.manifest.get("prefixes", {}).get(kind, "")
@@ -630,7 +617,7 @@ class Reranker(_Model):
         return self.score_detailed(query, texts, progress=progress).scores
 
     def score_detailed(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> Scored:
-        _check_texts(texts)
+        check_texts(texts)
         return self.score_groups_detailed([(query, texts)], progress=progress)[0]
 
     def score_groups(
@@ -669,7 +656,7 @@ class Reranker(_Model):
             if not isinstance(q, str):
                 raise TypeError(f"groups[{g}] query is {type(q).__name__}, expected str")
             queries.append(q)
-            docs.append(_check_texts(texts, f"groups[{g}] texts", allow_empty=True))
+            docs.append(check_texts(texts, f"groups[{g}] texts", allow_empty=True))
         cut_queries, q_cut = self._cap_queries(queries)
         pairs = [(cut_queries[g], d) for g, texts in enumerate(docs) for d in texts]
         encodings = self._pair_tok.encode_batch(pairs)

@@ -29,7 +29,8 @@ from .files import read_manifest
 from .hits import Hits
 from .index import ExactIndex
 from .lexical import best_first, rerank_head, rrf, weighted
-from .models import RECALLS, Embedder, Reranker, _check_texts
+from .models import RECALLS, Embedder, Reranker
+from .validate import check_texts
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class Engine:
         All or nothing: a bad input, an error or Ctrl-C leaves the saved collection as it was.
         """
         t0 = time.perf_counter()
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         n = len(texts)
         parents = (
             [str(self.collection.next_id + i) for i in range(n)] if ids is None else [str(i) for i in ids]
@@ -285,11 +286,12 @@ class Engine:
         return report
 
     def delete(self, ids: Sequence[str | int]) -> None:
-        """Delete documents (with all their chunks) by id, then save; unknown ids delete nothing."""
+        """Delete documents (with all their chunks) by id, then save. An unknown id raises ValueError and
+        deletes nothing."""
         wanted = [str(i) for i in ids]
         if self.chunk_tokens:
             internal = self.collection.allowed({PARENT: {"in": wanted}}) if wanted else np.empty(0, np.int64)
-            found = set(self.collection.store.metadata(internal)[i][PARENT] for i in range(internal.size))
+            found = {m[PARENT] for m in self.collection.store.metadata(internal)}
             missing = [i for i in wanted if i not in found]
             if missing:
                 raise ValueError(f"unknown ids: {missing[:10]} ({len(missing)} in all)")
@@ -332,7 +334,7 @@ class Engine:
         qs = [queries] if isinstance(queries, str) else list(queries)
         if not qs:
             raise ValueError("no queries")
-        _check_texts(qs, "queries")
+        check_texts(qs, "queries")
         blank = [i for i, q in enumerate(qs) if not q.strip()]
         if blank:
             raise ValueError(f"queries {blank[:10]} are empty: a query needs words")

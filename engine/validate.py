@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -59,3 +61,19 @@ def as_k(k: object) -> int:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return int(k)
+
+
+def check_texts(texts: Sequence[str], name: str = "texts", *, allow_empty: bool = False) -> list[str]:
+    """texts as a list of str; a single str (a common slip), a non-str item, or (unless allowed) no text at
+    all raises an error naming the value."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of str, got a single {type(texts).__name__} (wrap it in a list)"
+        )
+    out = list(texts)
+    if not out and not allow_empty:
+        raise ValueError(f"{name} is empty; pass at least one text")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._convert import as_f32
+from .convert import as_f32
 
 # Reassociation lets LLVM vectorise the reduction; no flag assumes finite values (-inf is a sentinel here).
 FASTMATH = {"reassoc", "contract"}

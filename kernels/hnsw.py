@@ -27,7 +27,7 @@ from .dot import FASTMATH, row_dot, row_dot4
 
 
 @intrinsic
-def _prefetch_at(typingctx, x, r, c):  # type: ignore[no-untyped-def]
+def prefetch_at(typingctx, x, r, c):  # type: ignore[no-untyped-def]
     """Hint the CPU to load the cache line holding x[r, c] (llvm.prefetch: read, high locality)."""
     sig = types.void(x, r, c)
 
@@ -58,7 +58,7 @@ def _prefetch_at(typingctx, x, r, c):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def _heap_push(hd, hi, n, d, i):  # type: ignore[no-untyped-def]
+def heap_push(hd, hi, n, d, i):  # type: ignore[no-untyped-def]
     """Push (d, i) on the min-heap hd[:n]/hi[:n] (smallest d at 0); returns the new size."""
     j = n
     while j > 0:
@@ -74,7 +74,7 @@ def _heap_push(hd, hi, n, d, i):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True)
-def _heap_pop(hd, hi, n):  # type: ignore[no-untyped-def]
+def heap_pop(hd, hi, n):  # type: ignore[no-untyped-def]
     """Drop the root of the min-heap hd[:n]/hi[:n]; returns the new size."""
     n -= 1
     d = hd[n]
@@ -198,16 +198,16 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
                     cur = c
                     moved = True
     seen[cur] = tag
-    nc = _heap_push(cd, ci, 0, -best, cur)  # candidates: min-heap of -score (best first)
+    nc = heap_push(cd, ci, 0, -best, cur)  # candidates: min-heap of -score (best first)
     nr = 0  # results: min-heap of score (worst first)
     if mask[cur]:
-        nr = _heap_push(rd, ri, 0, best, cur)
+        nr = heap_push(rd, ri, 0, best, cur)
     while nc > 0:
         s0 = -cd[0]
         c0 = ci[0]
         if nr >= ef and s0 < rd[0]:
             break
-        nc = _heap_pop(cd, ci, nc)
+        nc = heap_pop(cd, ci, nc)
         m = 0
         for j in range(cnt0[c0]):  # the unvisited neighbours, their vectors' first lines requested
             c = nbr0[c0, j]
@@ -215,7 +215,7 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
                 seen[c] = tag
                 fresh[m] = c
                 m += 1
-                _prefetch_at(x, c, 0)
+                prefetch_at(x, c, 0)
         for j in range(0, m, 4):  # four rows at a time: four independent streams of loads in flight
             if j + 4 <= m:
                 s4 = row_dot4(q, x, fresh[j], fresh[j + 1], fresh[j + 2], fresh[j + 3], scales)
@@ -230,11 +230,11 @@ def _walk(q, graph, entry, top, mask, ef, seen, tag, heaps):  # type: ignore[no-
                 c = fresh[j + u]
                 s = s4[u]
                 if nr < ef or s > rd[0]:
-                    nc = _heap_push(cd, ci, nc, -s, c)
+                    nc = heap_push(cd, ci, nc, -s, c)
                     if mask[c]:
-                        nr = _heap_push(rd, ri, nr, s, c)
+                        nr = heap_push(rd, ri, nr, s, c)
                         if nr > ef:
-                            nr = _heap_pop(rd, ri, nr)
+                            nr = heap_pop(rd, ri, nr)
     return nr
 
 
@@ -262,7 +262,7 @@ def _search_rows(queries, lo, hi, graph, entry, top, mask, ef, seen, tags, t, ou
         while nr > 0:  # the heap yields worst first: fill from the back
             s = rd[0]
             i = ri[0]
-            nr = _heap_pop(rd, ri, nr)
+            nr = heap_pop(rd, ri, nr)
             if nr < k:
                 out_ids[q, nr] = keys[i]
                 out_scores[q, nr] = s * inv

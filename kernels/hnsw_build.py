@@ -30,7 +30,7 @@ import numba as nb
 import numpy as np
 
 from .dot import FASTMATH
-from .hnsw import _heap_pop, _heap_push, _prefetch_at
+from .hnsw import heap_pop, heap_push, prefetch_at
 
 
 @nb.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -61,34 +61,34 @@ def _beam(x, scales, p, start, lvl, ef, graph, seen, tag, heaps, out_ids, out_si
     cd, ci, rd, ri = heaps
     s = _sim(x, scales, p, start)
     seen[start] = tag
-    nc = _heap_push(cd, ci, 0, -s, start)
-    nr = _heap_push(rd, ri, 0, s, start)
+    nc = heap_push(cd, ci, 0, -s, start)
+    nr = heap_push(rd, ri, 0, s, start)
     while nc > 0:
         s0 = -cd[0]
         c0 = ci[0]
         if nr >= ef and s0 < rd[0]:
             break
-        nc = _heap_pop(cd, ci, nc)
+        nc = heap_pop(cd, ci, nc)
         row = _list(lvl, c0, nbr0, cnt0, up_row, nbr_up, cnt_up)
         for c in row:
             if seen[c] != tag:
                 for i in range(0, x.shape[1], 64):  # every cache line of the int8 row
-                    _prefetch_at(x, c, i)
+                    prefetch_at(x, c, i)
         for c in row:
             if seen[c] == tag:
                 continue
             seen[c] = tag
             s = _sim(x, scales, p, c)
             if nr < ef or s > rd[0]:
-                nc = _heap_push(cd, ci, nc, -s, c)
-                nr = _heap_push(rd, ri, nr, s, c)
+                nc = heap_push(cd, ci, nc, -s, c)
+                nr = heap_push(rd, ri, nr, s, c)
                 if nr > ef:
-                    nr = _heap_pop(rd, ri, nr)
+                    nr = heap_pop(rd, ri, nr)
     k = nr
     while nr > 0:  # the result heap yields the worst first
         out_ids[nr - 1] = ri[0]
         out_sims[nr - 1] = rd[0]
-        nr = _heap_pop(rd, ri, nr)
+        nr = heap_pop(rd, ri, nr)
     return k
 
 
@@ -104,7 +104,7 @@ def _prune(x, scales, ids, sims, k, cap, out, out_sims):  # type: ignore[no-unty
         return k
     for i in range(k):  # the pairwise similarities below read every candidate's row
         for c in range(0, x.shape[1], 64):
-            _prefetch_at(x, ids[i], c)
+            prefetch_at(x, ids[i], c)
     n = 0
     for i in range(k):
         c = ids[i]

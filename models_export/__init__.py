@@ -183,9 +183,9 @@ def export(
             raise parity.ParityError(f"int8 variant of {source} fails the retrieval gate: {check}")
     written = write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
     if from_training and kind == "reranker" and provenance and "dev_choice" in provenance:
-        from .train import _record_defaults
+        from .train import record_defaults
 
-        _record_defaults(written, provenance["dev_choice"])  # the blend and depth chosen in training
+        record_defaults(written, provenance["dev_choice"])  # the blend and depth chosen in training
     return written
 
 

@@ -526,7 +526,7 @@ def train_reranker(
         from . import export
 
         export(checkpoint, out, kind="reranker", provenance=provenance, overwrite=overwrite)
-        _record_defaults(out, choice)
+        record_defaults(out, choice)
         if cfg.int8:
             from . import add_int8
             from .quantize import retrieval_check
@@ -773,7 +773,7 @@ def choose_defaults(
     parts = [_prepare(ds, cfg) for ds in _datasets(data, split, cfg)]
     rr = Reranker.load(folder, long_documents="truncate")
     choice = _choose_blend(pair_scorer(rr), parts, cfg, adaptive=sigmoid_head(rr))
-    _record_defaults(Path(folder), choice, provenance=True)
+    record_defaults(Path(folder), choice, provenance=True)
     return choice
 
 
@@ -819,7 +819,7 @@ def _license_of(name: str) -> str | None:
     return known.get(name.lower())
 
 
-def _record_defaults(folder: Path, choice: dict[str, Any], *, provenance: bool = False) -> None:
+def record_defaults(folder: Path, choice: dict[str, Any], *, provenance: bool = False) -> None:
     """Write the chosen blend weight and depth into the model's manifest (its sha256 list is unaffected):
     overall, and per first stage when the choice was made on one dataset; with `provenance`, the whole
     choice (its grid) too."""

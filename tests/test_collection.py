@@ -168,6 +168,36 @@ def test_one_writer_many_readers_and_model_check(tmp_path):
         r.close()
 
 
+def test_a_dropped_writer_gives_its_lock_back(tmp_path):
+    """A writable collection that goes out of scope unclosed releases the writer's lock when it is collected,
+    so the same process, or a writer subprocess it starts, can open the folder for writing; while it lives,
+    the error says the holder is this process."""
+    import gc
+    import subprocess
+    import sys
+
+    c = Collection.create(tmp_path / "c", dim=DIM)
+    with pytest.raises(CollectionLockedError, match=r"open for writing by this process \(another Collection"):
+        Collection.open(tmp_path / "c", "a")
+    del c
+    gc.collect()
+    assert not (tmp_path / "c" / Collection.WORKING).exists()  # nor its working copy of the documents
+    writer = Collection.open(tmp_path / "c", "a")
+    writer.add(np.eye(2, DIM, dtype=np.float32), ["a", "b"])
+    writer.save()
+    del writer
+    gc.collect()
+    code = (
+        "import sys, numpy as np; from duorank import Collection\n"
+        f"with Collection.open({str(tmp_path / 'c')!r}, 'a') as c:\n"
+        f"    c.add(np.eye(1, {DIM}, 2, dtype=np.float32), ['c'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with Collection.open(tmp_path / "c") as c:
+        assert len(c) == 3
+
+
 def test_embedder_fingerprint_and_dimension(tmp_path, default_embedder):
     c = Collection.create(tmp_path / "c", dim=default_embedder.dim, model=default_embedder)
     c.close()

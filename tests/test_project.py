@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -161,3 +162,55 @@ def test_constraints_satisfy_the_requirements():
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} vs {text}"
         checked += 1
     assert checked >= 15
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _reach_ins(path: Path) -> list[str]:
+    """Where a module of the package uses another module's private name: `from .x import _y`, a private
+    module, or `obj._y` on an object it holds (`self._index._rows`) or a name (`other._y`), unless the
+    enclosing class itself assigns `self._y` (a method of Store reading another Store's `_db`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[str] = []
+
+    def visit(node: ast.AST, own: set[str]) -> None:
+        if isinstance(node, ast.ClassDef):
+            own = {
+                t.attr
+                for n in ast.walk(node)
+                for t in getattr(n, "targets", [getattr(n, "target", None)])
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+            }
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("duorank")):
+            parts = (node.module or "").split(".")
+            names = [a.name for a in node.names]
+            if any(_private(p) for p in parts) or any(_private(n) for n in names):
+                found.append(
+                    f"{path}:{node.lineno}: from {'.' * node.level}{node.module or ''} import {names}"
+                )
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            held = isinstance(node.value, ast.Attribute) and isinstance(base, ast.Name) and base.id == "self"
+            other = isinstance(node.value, ast.Name) and node.value.id not in ("self", "cls")
+            if held or (other and node.attr not in own):
+                found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, own)
+
+    visit(tree, set())
+    return found
+
+
+def test_no_module_reaches_into_another_private_name():
+    """Modules talk through public names only (each one's private names may change without notice)."""
+    found = [
+        hit
+        for room in ("engine", "kernels", "models_export")
+        for f in sorted((ROOT / room).rglob("*.py"))
+        for hit in _reach_ins(f)
+    ]
+    assert not found, "\n".join(found)

@@ -69,13 +69,13 @@ class _Source:
 
 def _jsonl(src: _Source, rel: str) -> Iterator[tuple[int, dict[str, object]]]:
     with src.open(rel) as f:
-        for n, obj in _objects(f, src.label(rel)):
+        for n, obj in json_objects(f, src.label(rel)):
             if not isinstance(obj.get("_id"), (str, int)):
                 raise DatasetError(f"{src.label(rel)}:{n}: expected an object with an '_id'")
             yield n, obj
 
 
-def _objects(lines: Iterable[str], label: str) -> Iterator[tuple[int, dict[str, object]]]:
+def json_objects(lines: Iterable[str], label: str) -> Iterator[tuple[int, dict[str, object]]]:
     """(line number, JSON object) of each non-blank line; errors name the file and the line."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -189,7 +189,7 @@ def _jsonl_plain(file: Path) -> Iterator[tuple[int, dict[str, object]]]:
     except FileNotFoundError:
         raise DatasetError(f"{file}: missing") from None
     with f:
-        yield from _objects(f, str(file))
+        yield from json_objects(f, str(file))
 
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
