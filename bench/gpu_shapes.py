@@ -29,9 +29,9 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     from duorank.eval.datasets import load_beir
 
     if args.int8_precision == "fp32":  # the baseline: int8 weights expanded to fp32 (before fp16)
-        from duorank.models_export import quantize
+        from duorank import onnx_graphs
 
-        quantize.expand_for_gpu = lambda model, facts: (quantize.dequantize_weights(model), "fp32")
+        onnx_graphs.expand_for_gpu = lambda model, facts: (onnx_graphs.dequantize_weights(model), "fp32")
     t = time.perf_counter()
     emb = Embedder.load(args.model, device=args.device)
     rr = Reranker.load(args.reranker, device=args.device)

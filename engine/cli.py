@@ -382,7 +382,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import shutil
 
     from . import demo
-    from .models import MANIFEST, PACKAGED
+    from .model_folder import MANIFEST, PACKAGED
     from .pipeline import Engine
 
     # the packaged cross-encoder reranks when this installation has it (else: cosine with the query)
@@ -640,7 +640,7 @@ def _datasets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _device_options(p: argparse.ArgumentParser) -> None:
-    from .models import VARIANTS
+    from .model_folder import VARIANTS
 
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="onnxruntime provider (default: %(default)s)"
@@ -736,7 +736,7 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.int8:
             if not args.data:
                 parser.error("--int8 needs --data DIR (a BEIR folder for the retrieval check)")
-            from .models_export.quantize import retrieval_check
+            from .models_export.gate import retrieval_check
 
             check = retrieval_check(args.data)
         out = export(
@@ -755,7 +755,7 @@ def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if args.models_command == "quantize":
         from .models_export import add_int8
-        from .models_export.quantize import retrieval_check
+        from .models_export.gate import retrieval_check
 
         keep = tuple(v.strip() for v in args.keep.split(",") if v.strip())
         print(

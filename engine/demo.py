@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .models import home
+from .model_folder import home
 
 log = logging.getLogger(__name__)
 

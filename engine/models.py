@@ -25,17 +25,20 @@ from numpy.typing import NDArray
 
 from . import batching
 from .errors import DuorankError
-from .files import sha256_file
 from .hits import Hits
+from .model_folder import (
+    INT8_ACTIVATIONS,
+    MANIFEST,
+    PACKAGED,
+    VARIANTS,
+    ModelError,
+    models_dir,
+    read_manifest,
+)
 from .validate import check_texts
 
 log = logging.getLogger("duorank.models")
 
-MANIFEST = "duorank-model.json"
-MANIFEST_FORMAT = 1
-VARIANTS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-KINDS = ("embedder", "reranker")
-POOLINGS = ("mean", "cls", "last", "none")
 # Padded tokens per run: small batches keep the attention scores in cache on a CPU (512 beat 2,048 by 13%
 # and 8,192 by 36% on this 2-core machine, all-MiniLM-L6-v2, mixed SciFact texts); GPUs want big ones.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.py, docs/models.md, "On a GPU"
@@ -45,66 +48,10 @@ DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 4096}  # measured: bench/gpu_check.p
 DEFAULT_PAD_MULTIPLE = {"cpu": 1, "cuda": 32}
 # Measured on this 2-core machine: 2 intra-op threads gave 1.7x the docs/s of 1 (passive waiting).
 DEFAULT_THREADS = max(1, min(4, os.cpu_count() or 1))
-# how `models_export.quantize.to_int8` quantises activations; recorded in the manifest's int8 variant
-INT8_ACTIVATIONS = "int8 per token (dynamic)"
-
-
-class ModelError(DuorankError, ValueError):
-    """An unknown model name, or a model folder that is missing files, corrupt, or of the wrong kind."""
 
 
 class DeviceError(DuorankError, RuntimeError):
     """The requested device cannot run the model (e.g. CUDA asked for, but its provider does not load)."""
-
-
-def home() -> Path:
-    """duorank's cache folder: $DUORANK_HOME, else ~/.cache/duorank."""
-    return Path(os.environ.get("DUORANK_HOME") or Path.home() / ".cache" / "duorank").expanduser()
-
-
-def models_dir() -> Path:
-    return home() / "models"
-
-
-# The default reranker ships inside the package (int8, 23 MB): trained here by `duorank models
-# train-reranker` (docs/training.md); no download, no torch.
-PACKAGED = {"reranker": Path(__file__).parent / "weights" / "reranker"}
-
-
-def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
-    """The folder's manifest, after checking that every file it lists is there (and, with verify, intact)."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ModelError(f"{folder} is not a duorank model folder: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from e
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ModelError(
-            f"{path}: format {manifest.get('format')!r}, this duorank reads format {MANIFEST_FORMAT}"
-        )
-    if manifest.get("kind") not in KINDS:
-        raise ModelError(f"{path}: kind {manifest.get('kind')!r}, expected one of {KINDS}")
-    if manifest.get("pooling", "none") not in POOLINGS:
-        raise ModelError(f"{path}: pooling {manifest.get('pooling')!r}, expected one of {POOLINGS}")
-    for name, entry in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            raise ModelError(f"{f}: missing (listed in {MANIFEST})")
-        if f.stat().st_size != entry["bytes"]:
-            raise ModelError(
-                f"{f}: {f.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
-            )
-        if verify and sha256_file(f) != entry["sha256"]:
-            raise ModelError(f"{f}: sha256 does not match the manifest (corrupt or modified file)")
-    listed = manifest.get("files", {})
-    if "tokenizer.json" not in listed:
-        raise ModelError(f"{path}: lists no tokenizer.json")
-    if not any(f in listed for f in VARIANTS.values()):
-        raise ModelError(f"{path}: lists no model file (one of {sorted(VARIANTS.values())})")
-    return dict(manifest)
 
 
 def known_names() -> list[str]:
@@ -310,7 +257,7 @@ class _Model:
         self.tokenizer.enable_truncation(self.max_length)
         # int8 on CUDA: onnxruntime would run the dynamic quantisation on the CPU, one text per call (65x
         # slower than fp16 on an H200), so the weights are expanded at load (int8 rounding kept) and run in
-        # fp16 where the attention fuses (`quantize.expand_for_gpu`), else in fp32
+        # fp16 where the attention fuses (`onnx_graphs.expand_for_gpu`), else in fp32
         self.dequantized = device == "cuda" and variant == "int8"
         # int8 folders of the older recipe quantise activations with one scale per tensor, i.e. per batch: a
         # text's result would depend on its neighbours and their padding (reranker scores moved by up to 0.06
@@ -323,7 +270,7 @@ class _Model:
 
         def expanded() -> bytes:
             from duorank.models_export.deps import require
-            from duorank.models_export.quantize import expand_for_gpu
+            from duorank.onnx_graphs import expand_for_gpu
 
             onnx = require("onnx", "onnx")
             model, self.expanded_precision = expand_for_gpu(onnx.load(str(path)), manifest)

@@ -77,13 +77,13 @@ def export(
     kind: "embedder" or "reranker" (default: read from config.json). fp16 / int8 add variants; optimize runs
     onnxruntime's transformer optimizer on the fp32 graph and keeps it only when it stays within the gate.
     int8_check: a callable(folder) -> dict run on the finished int8 folder for the retrieval part of the
-    int8 gate (see `quantize.retrieval_check`); without it the int8 variant is refused.
+    int8 gate (see `gate.retrieval_check`); without it the int8 variant is refused.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
     t0 = time.perf_counter()
     folder, source_meta = local_source(source, revision)
-    from .train import training_record
+    from .record import training_record
 
     from_training = False
     if provenance is None:  # the record beside a checkpoint of train_reranker(export_onnx=False)
@@ -123,7 +123,7 @@ def export(
             f"{backend} export of {source} fails the fp32 gate against {ref_name}; nothing written"
         )
     if optimize:
-        from .quantize import optimize as run_optimizer
+        from duorank.onnx_graphs import optimize as run_optimizer
 
         opt = run_optimizer(model, facts)
         fp32 = (models["fp32"], variants["fp32"])
@@ -140,7 +140,7 @@ def export(
     if int8:
         if int8_check is None:
             raise ValueError(
-                "int8 needs a quality check (int8_check=quantize.retrieval_check(data_dir)); none given"
+                "int8 needs a quality check (int8_check=gate.retrieval_check(data_dir)); none given"
             )
         from .quantize import to_int8
 
@@ -183,7 +183,7 @@ def export(
             raise parity.ParityError(f"int8 variant of {source} fails the retrieval gate: {check}")
     written = write_model_folder(Path(out).expanduser(), files, manifest, overwrite=overwrite)
     if from_training and kind == "reranker" and provenance and "dev_choice" in provenance:
-        from .train import record_defaults
+        from .record import record_defaults
 
         record_defaults(written, provenance["dev_choice"])  # the blend and depth chosen in training
     return written
@@ -200,13 +200,13 @@ def add_int8(
     """Add the int8 variant to an exported model folder, quantised from its fp32 graph, through the gate.
 
     Parity is measured against the folder's fp32 graph on the edge set (that graph met its PyTorch
-    reference at export), then `int8_check` (e.g. `quantize.retrieval_check(data)`) runs on the finished
+    reference at export), then `int8_check` (e.g. `gate.retrieval_check(data)`) runs on the finished
     folder. out: write there instead of in place; keep: the variants it keeps (("int8",): the smallest
     folder, e.g. to ship); overwrite: replace an existing `out`. Nothing is written when a check fails.
     """
     from tokenizers import Tokenizer
 
-    from duorank.models import read_manifest
+    from duorank.model_folder import read_manifest
 
     from .quantize import INT8_RECIPE, to_int8
 

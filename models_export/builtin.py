@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from duorank.files import sha256_file
-from duorank.models import MANIFEST, ModelError, models_dir, read_manifest
+from duorank.model_folder import MANIFEST, ModelError, models_dir, read_manifest
 
 log = logging.getLogger("duorank.models")
 

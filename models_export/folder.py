@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from duorank.files import fsync_dir, sha256_file
-from duorank.models import MANIFEST, MANIFEST_FORMAT
+from duorank.model_folder import MANIFEST, MANIFEST_FORMAT
 
 
 def write_model_folder(

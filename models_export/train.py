@@ -28,6 +28,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from .deps import require
+from .record import TRAIN_RECORD, record_defaults, training_record
 
 log = logging.getLogger("duorank.models_export.train")
 
@@ -176,7 +177,6 @@ PREPARATION = (
     "distill",
 )  # fmt: skip
 FORMAT = "duorank-training-set/1"
-TRAIN_RECORD = "duorank-train.json"  # beside a checkpoint trained with export_onnx=False
 
 
 @dataclass
@@ -529,7 +529,7 @@ def train_reranker(
         record_defaults(out, choice)
         if cfg.int8:
             from . import add_int8
-            from .quantize import retrieval_check
+            from .gate import retrieval_check
 
             add_int8(out, retrieval_check(parts[0].ds, queries=parts[0].dev_q))
     finally:
@@ -537,22 +537,6 @@ def train_reranker(
             bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def training_record(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The training record beside a checkpoint trained with export_onnx=False; None where there is none."""
-    import json
-
-    record = Path(folder) / TRAIN_RECORD
-    if not record.is_file():
-        return None
-    try:
-        parent = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{record}: not a readable training record ({e})") from e
-    if not isinstance(parent, dict):
-        raise ValueError(f"{record}: expected a JSON object, got {type(parent).__name__}")
-    return parent
 
 
 def base_training(base: str | os.PathLike[str]) -> dict[str, Any]:
@@ -817,30 +801,3 @@ def _license_of(name: str) -> str | None:
         "python-docs": "PSF License (the installed Python's documentation and docstrings)",
     }
     return known.get(name.lower())
-
-
-def record_defaults(folder: Path, choice: dict[str, Any], *, provenance: bool = False) -> None:
-    """Write the chosen blend weight and depth into the model's manifest (its sha256 list is unaffected):
-    overall, and per first stage when the choice was made on one dataset; with `provenance`, the whole
-    choice (its grid) too."""
-    import json
-
-    path = folder / "duorank-model.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    # trained on documents cut at max_length: score them the same way by default
-    manifest["rerank"] = {"blend": choice["blend"], "depth": choice["depth"], "long_documents": "truncate"}
-    if choice.get("scale"):
-        manifest["rerank"]["scale"] = choice["scale"]
-    if len(choice["per_dataset"]) == 1:
-        # Chosen on one domain (the user's own labelled queries): a weight and depth per first stage fit
-        # that domain. With several dev domains the model is meant for any domain, and one weight is the
-        # safer default: the shipped model's per-first-stage weights (dense 0.6 at depth 30) helped on
-        # Banking77 but lost 2 nDCG points on a harder Banking77 slice, where the one weight did not.
-        manifest["rerank"]["recall"] = {
-            k: {"blend": v["blend"], "depth": v["depth"]} for k, v in choice["per_recall"].items()
-        }
-    if provenance:
-        manifest["source"]["dev_choice"] = choice
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)

@@ -460,7 +460,7 @@ def test_fusion_and_fp16_need_no_sympy(tmp_path):
         f"out = export({str(src)!r}, {str(tmp_path / 'onnx')!r}, backend='numpy', optimize=True, fp16=True)\n"
         "m = read_manifest(out)\n"
         "import onnx\n"
-        "from duorank.models_export.quantize import expand_for_gpu\n"
+        "from duorank.onnx_graphs import expand_for_gpu\n"
         "_, precision = expand_for_gpu(onnx.load(str(out / 'model.onnx')), m)\n"
         "v = m['variants']\n"
         "print(v['fp32'].get('optimized'), v['fp16']['parity']['min_cosine'], precision)\n"

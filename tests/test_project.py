@@ -214,3 +214,102 @@ def test_no_module_reaches_into_another_private_name():
         for hit in _reach_ins(f)
     ]
     assert not found, "\n".join(found)
+
+
+PACKAGES = {"engine": "duorank", "kernels": "duorank.kernels", "models_export": "duorank.models_export"}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at module level or inside a function: both are edges)."""
+    files: dict[str, tuple[Path, bool]] = {}
+    for folder, package in PACKAGES.items():
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = [p for p in f.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+            files[".".join([package, *parts])] = (f, f.name == "__init__.py")
+    graph: dict[str, set[str]] = {}
+    for module, (f, is_package) in files.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = module.split(".")[: len(module.split(".")) + is_package - node.level]
+                    source = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    source = node.module or ""
+                targets = [
+                    f"{source}.{a.name}" if f"{source}.{a.name}" in files else source for a in node.names
+                ]
+            deps |= {t for t in targets if t in files and t != module}
+        graph[module] = deps
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[str]:
+    """Each module from which following imports leads back to it, with one such path."""
+
+    def path_back(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    return [" -> ".join(p) for m in sorted(graph) if (p := path_back(m))]
+
+
+def test_no_import_circle():
+    """The rooms form layers: following imports from any module never leads back to it (the runtime and
+    the exporter share the model-folder format module; only the exporter imports the runtime)."""
+    graph = _import_graph()
+    assert "duorank.model_folder" in graph["duorank.models_export.builtin"]
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
+        "a -> b -> c -> a",
+        "b -> c -> a -> b",
+        "c -> a -> b -> c",
+    ]
+    circles = _circles(graph)
+    assert not circles, "\n".join(circles)
+
+
+# docs/architecture.md, "The rooms, in layers": a module imports from its own layer or earlier ones
+LAYERS = [
+    {"errors", "hits", "validate", "files", "machine", "batching", "chunking"},
+    {"kernels"},
+    {"index", "hnsw_graph", "hnsw", "store", "lexical", "collection", "shards"},
+    {"model_folder", "onnx_graphs"},
+    {"models_export", "models_export.bert_onnx", "models_export.hf_config", "models_export.reference"}
+    | {"models_export.parity", "models_export.quantize", "models_export.folder", "models_export.record"}
+    | {"models_export.builtin", "models_export.deps"},
+    {"models"},
+    {"pipeline", ""},  # "": the package itself, whose __init__ gathers the public API
+    {"eval", "demo"},
+    {"models_export.train", "models_export.gate", "models_export.distill", "models_export.pseudo"},
+    {"cli"},
+]
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("duorank").removeprefix(".")
+    for i, layer in enumerate(LAYERS):
+        if name in layer or (name.split(".")[0] in ("kernels", "eval") and name.split(".")[0] in layer):
+            return i
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
+
+
+def test_imports_follow_the_layers():
+    graph = _import_graph()
+    upward = [
+        f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if _layer(d) > _layer(m)
+    ]
+    assert not upward, "\n".join(upward)

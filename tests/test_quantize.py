@@ -14,14 +14,9 @@ pytest.importorskip("onnx", reason="the [models] extra is not installed")
 from duorank.models import INT8_ACTIVATIONS, Embedder, read_manifest
 from duorank.models_export import add_int8, parity
 from duorank.models_export.builtin import BUILTIN
-from duorank.models_export.quantize import (
-    INT8_RECIPE,
-    dequantize_weights,
-    expand_for_gpu,
-    graph_digest,
-    recorded_check,
-    retrieval_check,
-)
+from duorank.models_export.gate import retrieval_check
+from duorank.models_export.quantize import INT8_RECIPE, graph_digest, recorded_check
+from duorank.onnx_graphs import dequantize_weights, expand_for_gpu
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_int8_weights_expanded_for_gpus_keep_the_scores(default_reranker):
     import onnx
     import onnxruntime as ort
 
-    from duorank.models_export.quantize import dequantize_weights
+    from duorank.onnx_graphs import dequantize_weights
 
     rr = default_reranker
     graph = dequantize_weights(onnx.load(str(rr.folder / "model.int8.onnx")))
@@ -142,7 +142,7 @@ def test_int8_on_gpus_runs_in_fp16(default_reranker):
     import onnx
     import onnxruntime as ort
 
-    from duorank.models_export.quantize import dequantize_weights, expand_for_gpu
+    from duorank.onnx_graphs import dequantize_weights, expand_for_gpu
 
     rr = default_reranker
     int8 = onnx.load(str(rr.folder / "model.int8.onnx"))

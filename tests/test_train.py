@@ -227,7 +227,7 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     from duorank.eval.datasets import load_beir
     from duorank.models_export import add_int8
     from duorank.models_export.builtin import weights_folder
-    from duorank.models_export.quantize import retrieval_check
+    from duorank.models_export.gate import retrieval_check
     from duorank.models_export.train import choose_defaults
 
     config = _short(dev_fraction=0.25, depths=(5, 10), max_queries=24, max_steps=4)

@@ -204,7 +204,7 @@ def get(name: str, *, url: str | None = None, folder: str | Path | None = None) 
     import shutil
     import urllib.request
 
-    from duorank.models import home
+    from duorank.model_folder import home
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"dataset name {name!r}: expected a BEIR name such as 'scifact'")

@@ -121,7 +121,7 @@ class _Timer:
 
 def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -> NDArray[np.float32]:
     """Document vectors, cached under $DUORANK_HOME/cache by model file checksum + variant + texts."""
-    from duorank.models import VARIANTS, home
+    from duorank.model_folder import VARIANTS, home
 
     h = hashlib.sha256()
     h.update(embedder.manifest["files"][VARIANTS[embedder.variant]]["sha256"].encode())
@@ -284,7 +284,7 @@ def _reorder(hits: Hits, scored: Sequence[NDArray[Any]]) -> Hits:
 def _model_config(model: Any) -> dict[str, Any] | None:
     if model is None:
         return None
-    from duorank.models import VARIANTS
+    from duorank.model_folder import VARIANTS
 
     m = model.manifest
     return {
