@@ -9,6 +9,7 @@ the tokenizer and the onnxruntime session are both safe to share, and no call ch
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import io
@@ -18,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,15 +145,15 @@ def _a(kind: str) -> str:
 
 
 def _session(
-    path: Path,
+    path: Path | bytes,
     device: str,
     threads: int | None,
     *,
     spin: bool = False,
     graph: Callable[[], bytes] | None = None,
 ) -> Any:
-    """An onnxruntime session of `path`, or on CUDA of the graph that `graph()` builds (called once the
-    CUDA provider is known to be there).
+    """An onnxruntime session of `path` (a file, or a serialised graph), or on CUDA of the graph that
+    `graph()` builds (called once the CUDA provider is known to be there).
 
     spin=False: the pool's threads sleep between the graph's nodes (passive waiting), so concurrent work
     (another call, a search in another thread) keeps the cores. spin=True: they spin between nodes while a
@@ -171,14 +172,14 @@ def _session(
     so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3
     if device == "cpu":
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(_source(path), so, providers=["CPUExecutionProvider"])
     if device != "cuda":
         raise ValueError(f"device {device!r}, expected 'cpu' or 'cuda'")
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise DeviceError(f"device='cuda' but onnxruntime offers only {available}; install onnxruntime-gpu")
     _preload_cuda_libraries(ort)
-    source: Any = str(path) if graph is None else graph()
+    source: Any = _source(path) if graph is None else graph()
     sess = ort.InferenceSession(source, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         # onnxruntime-gpu falls back to CPU silently when the CUDA / cuDNN libraries do not load.
@@ -188,6 +189,11 @@ def _session(
             f"session providers: {sess.get_providers()}"
         )
     return sess
+
+
+def _source(path: Path | bytes) -> str | bytes:
+    """What onnxruntime opens: a file's path, or a serialised graph."""
+    return path if isinstance(path, bytes) else str(path)
 
 
 @functools.cache
@@ -209,6 +215,9 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.debug("onnxruntime.preload_dlls failed: %s", e)
     if said.getvalue().strip():
         log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
+
+
+M = TypeVar("M", bound="_Model")
 
 
 class _Model:
@@ -278,6 +287,7 @@ class _Model:
             return model.SerializeToString()  # type: ignore[no-any-return]
 
         self.spin = spin
+        self.threads = threads
         self.session = _session(
             path, device, threads, spin=spin, graph=expanded if self.dequantized else None
         )
@@ -289,6 +299,16 @@ class _Model:
         # CUDA only: None runs `session.run`; "cuda" / "cpu" run through onnxruntime's IO binding with the
         # output allocated on that device (bench/gpu_check.py measures the three)
         self.io_binding: str | None = None
+
+    def with_graph(self: M, graph: bytes) -> M:
+        """This model (its folder, tokenizer, settings and device) running another ONNX graph of the same
+        weights, batched as fp32 runs: the seam to check a rewrite of the graph, such as the int8 graph
+        expanded for GPUs (`onnx_graphs.expand_for_gpu`), without the hardware it is meant for."""
+        other = copy.copy(self)
+        other.session = _session(graph, self.device, self.threads, spin=self.spin)
+        other.per_tensor_int8 = False
+        other._inputs = [i.name for i in other.session.get_inputs()]
+        return other
 
     @property
     def name(self) -> str:

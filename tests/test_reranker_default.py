@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 
@@ -109,7 +108,6 @@ def test_int8_weights_expanded_for_gpus_keep_the_scores(default_reranker):
     activations float), run here on the CPU: no activation quantisation is left, a score is the same alone
     or batched, and the scores stay those of the int8 model up to its activation rounding."""
     import onnx
-    import onnxruntime as ort
 
     from duorank.onnx_graphs import dequantize_weights
 
@@ -121,9 +119,7 @@ def test_int8_weights_expanded_for_gpus_keep_the_scores(default_reranker):
     int8 = {i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8}
     assert int8 and all(n.op_type == "Gather" for n in graph.graph.node if set(n.input) & int8)
     assert [n.op_type for n in dequantize_weights(graph).graph.node] == [n.op_type for n in graph.graph.node]
-    expanded = copy.copy(rr)
-    expanded.session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    expanded.dequantized, expanded.per_tensor_int8 = True, False  # batched as fp32 is
+    expanded = rr.with_graph(graph.SerializeToString())  # batched as fp32 is
     for query, needle, hay in NEEDLES:
         docs = [needle, *hay, "short", " ".join(hay) * 3]
         int8, together = rr.score(query, docs), expanded.score(query, docs)
@@ -140,7 +136,6 @@ def test_int8_on_gpus_runs_in_fp16(default_reranker):
     """device='cuda' runs the expanded graph in fp16 (`expand_for_gpu`: fused attention, the embedding
     lookups' dequantisation kept in fp32), run here on the CPU: scores within 2e-3 of the fp32 expansion."""
     import onnx
-    import onnxruntime as ort
 
     from duorank.onnx_graphs import dequantize_weights, expand_for_gpu
 
@@ -152,9 +147,7 @@ def test_int8_on_gpus_runs_in_fp16(default_reranker):
     assert expand_for_gpu(int8, None)[1] == "fp32"  # no attention shape given: the plain expansion
     runs = []
     for graph in (half, dequantize_weights(int8)):
-        m = copy.copy(rr)
-        m.session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-        m.per_tensor_int8 = False
+        m = rr.with_graph(graph.SerializeToString())
         runs.append([m.score(query, [needle, *hay]) for query, needle, hay in NEEDLES])
     for fp16, fp32 in zip(*runs):
         np.testing.assert_allclose(fp16, fp32, atol=2e-3)
