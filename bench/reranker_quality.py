@@ -26,8 +26,9 @@ from duorank.eval.datasets import load_beir, load_labelled, load_stsb
 from duorank.eval.metrics import evaluate
 from duorank.eval.run import corpus_vectors
 from duorank.eval.significance import bootstrap_ci, randomization_test
-from duorank.lexical import BM25, adaptive_weight, blend, rerank_head, rrf
+from duorank.lexical import BM25, rrf
 from duorank.models import RECALLS, VARIANTS
+from duorank.rerank import adaptive_weight, blend, rerank_head
 
 log = logging.getLogger("reranker_quality")
 METRICS = ["ndcg@10", "mrr@10", "recall@10"]

@@ -158,63 +158,6 @@ def weighted(
     return _fuse(runs, k, None, _weights(runs, weights), normalize)
 
 
-def blend(first: ArrayLike, second: ArrayLike, weight: float) -> NDArray[np.float64]:
-    """weight * z(second) + (1 - weight) * z(first), each score z-normalised within its list (one query's
-    candidates): how a reranker's score is mixed with the first stage's. weight 1.0 keeps second's order."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"blend weight {weight!r}: expected 0 <= weight <= 1 (1: the reranker alone)")
-    a = _normalise(np.asarray(first, dtype=np.float64), "zscore")
-    b = _normalise(np.asarray(second, dtype=np.float64), "zscore")
-    if a.shape != b.shape:
-        raise ValueError(f"blend: {a.shape} first-stage scores but {b.shape} reranker scores")
-    return weight * b + (1.0 - weight) * a
-
-
-def best_first(scores: ArrayLike) -> NDArray[np.intp]:
-    """Positions of one candidate list's final scores, best first; equal scores keep the list's order (the
-    first stage's), as `Engine.search` returns them."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.lexsort((np.arange(s.shape[0]), -s))
-
-
-def adaptive_weight(weight: float, scores: ArrayLike) -> float:
-    """A default blend weight scaled by how well the reranker tells this list apart: weight * (1 - the
-    median of its scores), for scores in [0, 1] (a sigmoid head). In its own domains a reranker scores
-    most candidates near 0 and the weight stays; out of them it scores most of a list high (median of
-    the non-relevant: 0.004 on SciFact dev, 0.83 on Banking77 for the packaged one), and the first stage
-    keeps more say."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.size == 0:
-        return weight
-    if not (s.min() >= 0.0 and s.max() <= 1.0):
-        raise ValueError(
-            f"adaptive blend: reranker scores span [{s.min():.4g}, {s.max():.4g}]; expected [0, 1] "
-            "(a sigmoid head)"
-        )
-    return float(weight * (1.0 - np.median(s)))
-
-
-def rerank_head(
-    first: ArrayLike, head: ArrayLike, weight: float, *, adaptive: bool = False
-) -> NDArray[np.float64]:
-    """Final scores of one query's candidate list when a reranker scored only its head (the first
-    len(head)): the head blended with its first-stage scores (weight 1.0: the reranker alone; with
-    `adaptive`, the weight scaled by `adaptive_weight` first), then the rest in first-stage order, every
-    one below the head."""
-    first = np.asarray(first, dtype=np.float64)
-    head = np.asarray(head, dtype=np.float64)
-    if head.ndim != 1 or first.ndim != 1 or head.shape[0] > first.shape[0]:
-        raise ValueError(f"rerank_head: {head.shape} head scores for {first.shape} candidates")
-    if adaptive:
-        weight = adaptive_weight(weight, head)
-    top = head if weight == 1.0 else blend(first[: head.shape[0]], head, weight)
-    rest = first.shape[0] - top.shape[0]
-    if rest == 0:
-        return top
-    floor = top.min() if top.size else 0.0
-    return np.concatenate([top, floor - np.arange(1, rest + 1, dtype=np.float64)])
-
-
 def _weights(runs: Sequence[Hits], weights: Sequence[float] | None) -> NDArray[np.float64]:
     if not runs:
         raise ValueError("no runs to fuse")
@@ -227,7 +170,9 @@ def _weights(runs: Sequence[Hits], weights: Sequence[float] | None) -> NDArray[n
     return w
 
 
-def _normalise(s: NDArray[np.float64], how: str) -> NDArray[np.float64]:
+def normalise(s: NDArray[np.float64], how: str) -> NDArray[np.float64]:
+    """One list's scores min-max scaled to [0, 1] ("minmax") or z-scored ("zscore"); constant lists give
+    1 (minmax) or 0 (zscore)."""
     if s.size == 0:
         return s
     if how == "minmax":
@@ -247,7 +192,7 @@ def _fuse(runs: Sequence[Hits], k: int, rank_score: Any, w: NDArray[np.float64],
         for h, weight in zip(runs, w):
             row, valid = h.ids[q], h.ids[q] >= 0
             contrib = (
-                rank_score(h)[valid] if rank_score else _normalise(h.scores[q][valid].astype(np.float64), how)
+                rank_score(h)[valid] if rank_score else normalise(h.scores[q][valid].astype(np.float64), how)
             )
             for d, v in zip(row[valid].tolist(), contrib.tolist()):
                 total[d] = total.get(d, 0.0) + weight * v

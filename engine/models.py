@@ -474,7 +474,7 @@ RECALLS = ("dense", "bm25", "hybrid")  # the first stages a reranker's recorded 
 @dataclass(frozen=True, slots=True)
 class RerankDefaults:
     """A reranker's blend weight (1.0: the reranker alone) and rerank depth (None: all of top_k);
-    `adaptive`: the weight is scaled per list by `duorank.lexical.adaptive_weight` (recorded as
+    `adaptive`: the weight is scaled per list by `duorank.rerank.adaptive_weight` (recorded as
     `rerank.scale = "adaptive"` by a choice made that way)."""
 
     blend: float

@@ -28,8 +28,9 @@ from .errors import DuorankError
 from .files import read_manifest
 from .hits import Hits
 from .index import ExactIndex
-from .lexical import best_first, rerank_head, rrf, weighted
+from .lexical import rrf, weighted
 from .models import RECALLS, Embedder, Reranker
+from .rerank import best_first, rerank_lists
 from .validate import check_texts
 
 log = logging.getLogger(__name__)
@@ -392,14 +393,18 @@ class Engine:
         own: list[Any] = [()] * len(qs)  # per query, the reranker's scores of its list's head
         if rerank == "cross":
             assert self.reranker is not None
-            chosen = self.reranker.defaults(recall)  # the weight and depth chosen on dev for this recall
-            depth = rerank_depth or max(top_n, chosen.depth or top_k)
-            scored = self.reranker.score_groups_detailed([(q, t[:depth]) for q, t in zip(qs, found.texts)])
-            a = chosen.blend if rerank_blend is None else float(rerank_blend)
-            adapt = chosen.adaptive and rerank_blend is None  # a weight given here is used as given
-            final = [rerank_head(first, s.scores, a, adaptive=adapt) for s, first in zip(scored, final)]
-            own = [s.scores for s in scored]
-            truncated["pairs"] = sum(s.n_truncated for s in scored)
+            done = rerank_lists(
+                self.reranker,
+                qs,
+                found.texts,
+                final,
+                recall=recall,
+                top_n=top_n,
+                top_k=top_k,
+                depth=rerank_depth,
+                weight=rerank_blend,
+            )
+            final, own, truncated["pairs"] = done.final, done.own, done.truncated
         elif rerank == "embedding":
             vecs = self.collection.vectors_of(hits.ids)
             cos = np.einsum("qkd,qd->qk", vecs, qv)

@@ -668,7 +668,7 @@ def _choose_blend(
     `adaptive_weight`; the choice then records `scale: "adaptive"`.
     """
     from duorank.eval.metrics import evaluate
-    from duorank.lexical import best_first, rerank_head
+    from duorank.rerank import best_first, rerank_head
 
     deepest = max(cfg.depths)
     scored = []  # per part: {(q, d): reranker score} over every source's top `deepest`

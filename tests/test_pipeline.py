@@ -9,9 +9,9 @@ import pytest
 
 from duorank import Engine, ModelMismatchError, Reranker
 from duorank.eval.metrics import evaluate
-from duorank.lexical import rerank_head
 from duorank.models import MANIFEST, RerankDefaults
 from duorank.models_export import export
+from duorank.rerank import rerank_head
 from duorank.store import FilterError
 from tests.tiny_bert import tiny_bert_folder
 
@@ -21,7 +21,10 @@ N_QUERIES = 120
 
 @pytest.fixture(scope="module")
 def scifact_slice(shared_data, tmp_path_factory, default_embedder):
-    """SciFact test queries with their relevant abstracts plus other abstracts: N_DOCS documents."""
+    """SciFact test queries with their relevant abstracts plus other abstracts: N_DOCS documents, in an
+    engine folder and as the evaluation's Dataset."""
+    from dataclasses import replace
+
     from duorank.eval.datasets import load_beir
 
     ds = load_beir(shared_data / "scifact")
@@ -37,7 +40,10 @@ def scifact_slice(shared_data, tmp_path_factory, default_embedder):
     assert report.documents == N_DOCS and report.chunks == N_DOCS
     queries = [ds.queries[q] for q in qids]
     qrels = {q: ds.qrels[q] for q in qids}
-    return folder, qids, queries, qrels
+    part = replace(
+        ds, corpus={d: ds.corpus[d] for d in doc_ids}, queries=dict(zip(qids, queries)), qrels=qrels
+    )
+    return folder, qids, queries, qrels, part
 
 
 def _ndcg(res, qids, qrels) -> float:
@@ -46,7 +52,7 @@ def _ndcg(res, qids, qrels) -> float:
 
 
 def test_recall_sources_and_embedding_rerank_on_scifact(scifact_slice, default_embedder):
-    folder, qids, queries, qrels = scifact_slice
+    folder, qids, queries, qrels, _ = scifact_slice
     eng = Engine.open(folder, embedder=default_embedder)
     scores = {}
     for recall in ("dense", "bm25", "hybrid"):
@@ -68,7 +74,7 @@ def test_the_default_reranker_improves_dense_on_scifact(scifact_slice, default_e
     """The packaged cross-encoder (trained here, docs/training.md) over dense candidates, with
     its recorded blend and depth: better nDCG@10 than dense alone on the slice (SciFact test queries,
     never used in training or choosing)."""
-    folder, qids, queries, qrels = scifact_slice
+    folder, qids, queries, qrels, _ = scifact_slice
     rr = Reranker.load("default")
     with Engine.open(folder, embedder=default_embedder, reranker=rr) as eng:
         dense = _ndcg(eng.search(queries, top_k=50, top_n=10, rerank=None), qids, qrels)
@@ -79,8 +85,40 @@ def test_the_default_reranker_improves_dense_on_scifact(scifact_slice, default_e
     assert reranked > dense  # measured: 83.03 -> 88.53 (blend 0.5 at depth 20; the previous default: 83.82)
 
 
+def test_eval_measures_what_engine_search_returns(scifact_slice, default_embedder):
+    """One rerank path: `duorank eval`'s dense+cross system reranks as `Engine.search` does (the reranker's
+    recorded depth and blend for that recall, the adaptive scale, the engine's order), so its nDCG@10
+    equals the one computed from `Engine.search` over the same queries, query by query; the report records
+    the settings in force. (hybrid+cross runs the same function over the fused list.)"""
+    from dataclasses import replace
+
+    from duorank.eval import run
+
+    folder, qids, queries, qrels, part = scifact_slice
+    qids, queries = qids[:60], queries[:60]  # half the slice's queries: the rerank is the cost
+    part = replace(part, queries=dict(zip(qids, queries)), qrels={q: qrels[q] for q in qids})
+    rr = Reranker.load("default")
+    rep = run.retrieval(
+        part, default_embedder, reranker=rr, top_k=50, top_n=10, systems=["dense+cross"], latency_queries=1
+    )
+    with Engine.open(folder, embedder=default_embedder, reranker=rr) as eng:
+        res = eng.search(queries, top_k=50, top_n=10, recall="dense")
+    engine = {q: {h.id: float(10 - r) for r, h in enumerate(hits)} for q, hits in zip(qids, res.hits)}
+    want = evaluate(part.qrels, engine, ["ndcg@10"])
+    got = rep.systems[0].result
+    assert abs(got.mean["ndcg@10"] - want.mean["ndcg@10"]) < 1e-9
+    for q in qids:
+        assert abs(got.per_query["ndcg@10"][q] - want.per_query["ndcg@10"][q]) < 1e-9, q
+    chosen = rr.defaults("dense")
+    assert rep.config["rerank"]["dense+cross"] == {
+        "depth": max(10, chosen.depth or 50),
+        "blend": chosen.blend,
+        "adaptive": chosen.adaptive,
+    }
+
+
 def test_batched_queries_equal_one_at_a_time(scifact_slice, default_embedder):
-    folder, _, queries, _ = scifact_slice
+    folder, _, queries, _, _ = scifact_slice
     with Engine.open(folder, embedder=default_embedder) as eng:
         for recall in ("dense", "bm25", "hybrid"):
             batch = eng.search(queries[:8], top_k=20, top_n=5, recall=recall, rerank="embedding")
@@ -93,7 +131,7 @@ def test_batched_queries_equal_one_at_a_time(scifact_slice, default_embedder):
 
 
 def test_filters_and_errors(scifact_slice, default_embedder):
-    folder, _, queries, _ = scifact_slice
+    folder, _, queries, _, _ = scifact_slice
     with Engine.open(folder, embedder=default_embedder) as eng:
         res = eng.search(queries[:3], top_k=30, top_n=5, where={"n": {"in": [2, 3]}}, recall="hybrid")
         assert all(h.metadata["n"] in (2, 3) for hits in res.hits for h in hits)

@@ -283,7 +283,7 @@ def test_no_import_circle():
 LAYERS = [
     {"errors", "hits", "validate", "files", "machine", "batching", "chunking"},
     {"kernels"},
-    {"index", "hnsw_graph", "hnsw", "store", "lexical", "collection", "shards"},
+    {"index", "hnsw_graph", "hnsw", "store", "lexical", "rerank", "collection", "shards"},
     {"model_folder", "onnx_graphs"},
     {"models_export", "models_export.bert_onnx", "models_export.hf_config", "models_export.reference"}
     | {"models_export.parity", "models_export.quantize", "models_export.folder", "models_export.record"}

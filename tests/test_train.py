@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from duorank.lexical import adaptive_weight, best_first, blend, rerank_head
 from duorank.models import RerankDefaults
 from duorank.models_export.train import (
     TrainConfig,
@@ -18,6 +17,7 @@ from duorank.models_export.train import (
     split_queries,
     train_reranker,
 )
+from duorank.rerank import adaptive_weight, best_first, blend, rerank_head
 
 
 def test_negatives_never_include_a_labelled_positive():

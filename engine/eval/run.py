@@ -159,6 +159,7 @@ def retrieval(
     """Run every configuration on `dataset` and return the report (see the module docstring)."""
     from duorank.index import ExactIndex
     from duorank.lexical import BM25, rrf
+    from duorank.rerank import rerank_lists
 
     if top_n > top_k:
         raise ValueError(f"top_n {top_n} > top_k {top_k}: rerank keeps at most the top_k candidates")
@@ -199,14 +200,23 @@ def retrieval(
     def hybrid(qs: list[str], timer: _Timer) -> Hits:
         return rrf([dense(qs, timer), lexical(qs, timer)], top_k)
 
-    def rerank_cross(first: Callable[[list[str], _Timer], Hits]) -> Callable[[list[str], _Timer], Hits]:
+    settings: dict[str, dict[str, Any]] = {}  # per +cross system: the rerank depth and blend in force
+
+    def rerank_cross(recall: str) -> Callable[[list[str], _Timer], Hits]:
+        """`Engine.search`'s rerank (`rerank_lists`, the reranker's recorded depth and blend for this recall)
+        over this recall's top_k."""
+        first = {"dense": dense, "hybrid": hybrid}[recall]
+
         def go(qs: list[str], timer: _Timer) -> Hits:
             hits = first(qs, timer)
-            groups = timer(
-                "fetch", lambda: [(q, [texts[i] for i in row[row >= 0]]) for q, row in zip(qs, hits.ids)]
+            cand = timer("fetch", lambda: [[texts[i] for i in row[row >= 0]] for row in hits.ids])
+            scores = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
+            done = timer(
+                "rerank",
+                lambda: rerank_lists(reranker, qs, cand, scores, recall=recall, top_n=top_n, top_k=top_k),
             )
-            scored = timer("rerank", lambda: reranker.score_groups(groups))
-            return _reorder(hits, scored)
+            settings[f"{recall}+cross"] = done.settings()
+            return _reorder(hits, done.final)
 
         return go
 
@@ -222,8 +232,8 @@ def retrieval(
         "dense": dense,
         "hybrid": hybrid,
         "bm25+embedding": rerank_embedding,
-        "dense+cross": rerank_cross(dense),
-        "hybrid+cross": rerank_cross(hybrid),
+        "dense+cross": rerank_cross("dense"),
+        "hybrid+cross": rerank_cross("hybrid"),
     }
     results = []
     for name in wanted:
@@ -263,6 +273,7 @@ def retrieval(
         "latency_queries": len(sample),
         "embedder": _model_config(embedder),
         "reranker": _model_config(reranker),
+        "rerank": settings,
         "bm25": bm25.config if bm25 else None,
         "versions": _versions(),
     }
@@ -270,14 +281,17 @@ def retrieval(
 
 
 def _reorder(hits: Hits, scored: Sequence[NDArray[Any]]) -> Hits:
-    """The candidates of each row sorted by their new scores (ties keep the first-stage order)."""
+    """The candidates of each row in the order `Engine.search` returns them for these final scores
+    (`best_first`: ties keep the first-stage order), scored by rank (n, n - 1, ... 1) so that the metrics,
+    which break score ties by document id as trec_eval does, see exactly that order."""
+    from duorank.rerank import best_first
+
     ids = np.full_like(hits.ids, -1)
     scores = np.full_like(hits.scores, -np.inf)
     for r, s in enumerate(scored):
         cand = hits.ids[r][hits.ids[r] >= 0]
-        order = np.argsort(-np.asarray(s), kind="stable")
-        ids[r, : len(cand)] = cand[order]
-        scores[r, : len(cand)] = np.asarray(s, dtype=np.float32)[order]
+        ids[r, : len(cand)] = cand[best_first(s)]
+        scores[r, : len(cand)] = np.arange(len(cand), 0, -1, dtype=np.float32)
     return Hits(ids, scores)
 
 
