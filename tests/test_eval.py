@@ -284,6 +284,9 @@ def test_runner_plumbing_on_a_small_dataset(tmp_path, default_embedder, tiny_rer
     assert {c.system for c in rep.comparisons} == set(names) - {"dense"}
     text = markdown(rep)
     assert text.startswith("| system | nDCG@2 | MRR@2 | MAP@3 | R@2 | R@3 | P@2 | Hit@2 | pair acc |")
+    # a reranker without recorded defaults reads all top_k and is used alone (weight 1), as in Engine.search
+    assert rep.config["rerank"]["dense+cross"] == {"depth": 3, "blend": 1.0, "adaptive": False}
+    assert "dense+cross: the reranker read the top 3, blend weight 1.0." in text
     files = save(rep, tmp_path / "out", plots=False)
     data = json.loads(files[0].read_text())
     assert data["config"]["embedder"]["sha256"] and len(data["systems"]) == len(names)

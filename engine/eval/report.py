@@ -53,6 +53,9 @@ def markdown(report: Any) -> str:
         f"top_k {report.config['top_k']}. Latency: one query at a time over "
         f"{report.config['latency_queries']} queries; q/s: all queries batched."
     )
+    for name, s in (report.config.get("rerank") or {}).items():
+        scale = ", scaled per list by the adaptive weight" if s["adaptive"] else ""
+        lines.append(f"{name}: the reranker read the top {s['depth']}, blend weight {s['blend']}{scale}.")
     if report.comparisons:
         lines.append(
             f"`*`: {_label(primary)} differs from dense with Holm-corrected p < 0.05 "
