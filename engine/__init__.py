@@ -14,7 +14,7 @@ from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .models import DeviceError, Embedder, ModelError, Reranker
 from .pipeline import Engine, Hit, IngestReport, Results
-from .shards import search_shards
+from .shards import search_collections, search_shards
 
 try:
     __version__ = version("duorank")
@@ -41,5 +41,6 @@ __all__ = [
     "Reranker",
     "Results",
     "__version__",
+    "search_collections",
     "search_shards",
 ]

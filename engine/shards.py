@@ -1,4 +1,5 @@
-"""Search several indexes as one: each shard returns its top-k, the kernels merge them into one top-k.
+"""Search several indexes (`search_shards` -> Hits) or collections (`search_collections` -> Found) as one:
+each shard returns its top-k, the kernels merge them into one top-k.
 
 A shard is any index with `search(queries, k, allowed=None) -> Hits` (ExactIndex, HnswIndex, or a remote
 one behind the same call), holding ids no other shard holds. This is the seam for scaling out.
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .collection import Collection, Found
 from .hits import Hits
 from .validate import as_k
 
@@ -21,34 +23,19 @@ SHARD_STRIDE = 1 << 40
 
 
 def search_shards(
-    shards: Sequence[Any],
-    queries: ArrayLike,
-    k: int = 10,
-    *,
-    allowed: ArrayLike | None = None,
-    where: Mapping[str, Any] | None = None,
-    strategy: str = "auto",
-) -> Any:
-    """The k best (id, score) per query over every shard; ties go to the smaller id, as in one index.
-
-    Shards are indexes holding disjoint ids (returns Hits; an id returned by two shards is a ValueError,
-    since merging would double-count it), or collections (returns Found, filtered by `where`, with ids
-    numbered shard * SHARD_STRIDE + the shard's internal id, and each document's external id and text;
-    `strategy` goes to each Collection.search, so "exact" makes the merge equal one exact search).
-    """
-    from .collection import Collection
-
+    shards: Sequence[Any], queries: ArrayLike, k: int = 10, *, allowed: ArrayLike | None = None
+) -> Hits:
+    """The k best (id, score) per query over indexes holding disjoint ids (ExactIndex, HnswIndex, or any
+    object with their `search`); ties go to the smaller id, as in one index. An id returned by two shards
+    is a ValueError, since merging would double-count it. Collections: `search_collections`."""
     k = as_k(k)
     if not shards:
         raise ValueError("no shards to search")
-    if all(isinstance(s, Collection) for s in shards):
-        if allowed is not None:
-            raise ValueError("collections filter with where=..., not allowed= (internal ids are per shard)")
-        return _search_collections(shards, queries, k, where, strategy)
-    if any(isinstance(s, Collection) for s in shards) or where is not None:
-        raise ValueError("shards are all collections (where= filters) or all indexes (allowed= filters)")
-    if strategy != "auto":
-        raise ValueError(f"strategy={strategy!r} applies to collections; indexes search as they are built")
+    if any(isinstance(s, Collection) for s in shards):
+        raise TypeError(
+            "search_shards takes indexes (ExactIndex, HnswIndex); for collections use "
+            "search_collections(collections, queries, k, where=..., strategy=...)"
+        )
     K = importlib.import_module("duorank.kernels")
     if allowed is None:
         results = [s.search(queries, k) for s in shards]
@@ -73,9 +60,24 @@ def search_shards(
     return Hits(ids, scores)
 
 
-def _search_collections(shards: Sequence[Any], queries: ArrayLike, k: int, where: Any, strategy: str) -> Any:
-    from .collection import Found
-
+def search_collections(
+    collections: Sequence[Any],
+    queries: ArrayLike,
+    k: int = 10,
+    *,
+    where: Mapping[str, Any] | None = None,
+    strategy: str = "auto",
+) -> Found:
+    """The k best documents per query over collections holding different documents, as one search: each
+    collection returns its top k (filtered by `where`; `strategy` goes to each Collection.search, so
+    "exact" makes the merge equal one exact search over all of them), the kernels merge them. Ids are
+    numbered collection * SHARD_STRIDE + its internal id; each hit carries its external id and text."""
+    k = as_k(k)
+    if not collections:
+        raise ValueError("no collections to search")
+    if not all(isinstance(c, Collection) for c in collections):
+        raise TypeError("search_collections takes collections; for indexes use search_shards")
+    shards = list(collections)
     K = importlib.import_module("duorank.kernels")
     results = [c.search(queries, k, where=where, strategy=strategy) for c in shards]
     n = results[0].ids.shape[0]

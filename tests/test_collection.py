@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from duorank import Collection, CollectionLockedError, ExactIndex, IndexFormatError, ModelMismatchError
-from duorank.shards import SHARD_STRIDE, search_shards
+from duorank.shards import SHARD_STRIDE, search_collections, search_shards
 from duorank.store import FilterError
 
 from .conftest import embedding_like
@@ -328,20 +328,23 @@ def test_shards_of_collections_equal_one_collection(tmp_path, rng):
     q = rng.standard_normal((4, DIM)).astype(np.float32)
     for where in (None, {"m": 2}):
         one = whole.search(q, 20, where=where, strategy="exact")
-        merged = search_shards(parts, q, 20, where=where, strategy="exact")
+        merged = search_collections(parts, q, 20, where=where, strategy="exact")
         assert merged.external_ids == one.external_ids
         assert merged.texts == one.texts
         np.testing.assert_allclose(merged.scores, one.scores, atol=1e-6)
         assert (merged.ids // SHARD_STRIDE < 3).all()
-        approx = search_shards(parts, q, 20, where=where)  # shard 1 searches its HNSW graph: near, not equal
+        # shard 1 searches its HNSW graph: near, not equal
+        approx = search_collections(parts, q, 20, where=where)
         found = sum(len(set(a) & set(b)) for a, b in zip(approx.external_ids, one.external_ids))
         assert found >= 0.95 * sum(len(b) for b in one.external_ids)
-    with pytest.raises(ValueError, match="where="):
+    with pytest.raises(TypeError, match="for collections use search_collections"):
         search_shards(parts, q, 5, allowed=[1])
-    with pytest.raises(ValueError, match="all collections"):
-        search_shards([parts[0], ExactIndex(dim=DIM)], q, 5)
-    with pytest.raises(ValueError, match="strategy="):
-        search_shards([ExactIndex(dim=DIM)], q, 5, strategy="exact")
+    with pytest.raises(
+        TypeError, match="search_collections takes collections; for indexes use search_shards"
+    ):
+        search_collections([parts[0], ExactIndex(dim=DIM)], q, 5)
+    with pytest.raises(ValueError, match="no collections"):
+        search_collections([], q, 5)
 
 
 CHILD = DOC + textwrap.dedent(

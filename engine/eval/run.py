@@ -135,7 +135,7 @@ def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -
         if arr.shape == (len(texts), embedder.dim):
             log.info("corpus vectors from cache %s", path)
             return arr
-    vecs = embedder.encode(list(texts), "document", progress=True)
+    vecs = embedder.encode(list(texts), "document")  # a progress bar on a terminal (2,000 texts and more)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -339,7 +339,7 @@ def classification(embedder: Any, path: Any) -> dict[str, float]:
     used = np.unique(np.concatenate(tasks.training_samples(train_y)))
     t = embedder.encode(test, "document")
     x = np.zeros((len(train), t.shape[1]), dtype=np.float32)
-    x[used] = embedder.encode([train[i] for i in used], "document", progress=used.size > 2000)
+    x[used] = embedder.encode([train[i] for i in used], "document")
     scores = tasks.classification(x, train_y, t, test_y)
     return {**scores, "train": len(train), "embedded": int(used.size), "test": len(test)}
 
