@@ -106,15 +106,26 @@ def checked_file(folder: Path, manifest: dict[str, Any], key: str, *, verify: bo
     return path
 
 
-def read_manifest(folder: Path, manifest_name: str, fmt: str, version: int) -> dict[str, Any]:
-    path = folder / manifest_name
+def load_manifest(path: Path, error: type[Exception], missing: str) -> dict[str, Any]:
+    """The JSON object of the manifest file `path`, for every kind of duorank folder; `error(missing)` when
+    there is no such file, `error` naming the file when it is not a JSON object."""
     if not path.is_file():
-        raise IndexFormatError(f"{path} is missing: not a saved {fmt} (expected a folder written by save())")
+        raise error(missing)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFormatError(f"{path} is not valid JSON ({e}): the manifest is corrupt") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise error(f"{path} is not valid JSON ({e}): the manifest is corrupt") from e
+    if not isinstance(manifest, dict):
+        raise error(f"{path} holds {type(manifest).__name__}, not a JSON object: the manifest is corrupt")
+    return manifest
+
+
+def read_manifest(folder: Path, manifest_name: str, fmt: str, version: int) -> dict[str, Any]:
+    """The manifest of a collection or index folder, after checking its format name and version."""
+    path = folder / manifest_name
+    missing = f"{path} is missing: not a saved {fmt} (expected a folder written by save())"
+    manifest = load_manifest(path, IndexFormatError, missing)
+    if manifest.get("format") != fmt:
         raise IndexFormatError(f"{path} is not a {fmt} manifest (format={manifest.get('format')!r})")
     if manifest.get("version") != version:
         raise IndexFormatError(

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import DuorankError
-from .files import sha256_file
+from .files import load_manifest, sha256_file
 
 MANIFEST = "duorank-model.json"
 MANIFEST_FORMAT = 1
@@ -43,12 +42,9 @@ def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:
     """The folder's manifest, after checking that every file it lists is there (and, with verify, intact)."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
-        raise ModelError(f"{folder} is not a duorank model folder: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from e
+    manifest = load_manifest(
+        path, ModelError, f"{folder} is not a duorank model folder: {MANIFEST} is missing"
+    )
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ModelError(
             f"{path}: format {manifest.get('format')!r}, this duorank reads format {MANIFEST_FORMAT}"
