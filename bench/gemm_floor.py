@@ -5,7 +5,7 @@ graph that holds nothing else, fed activations of the right width for one query 
 timed in an onnxruntime session made as the runtime makes its own (one intra-op thread by default,
 passive waiting). The whole graph
 is timed the same way. No graph can run faster than its GEMMs, so the first column is a floor for the
-single-query latency that `Embedder.encode([query], "query")` can reach on this machine with this model.
+single-query latency that `Embedder.encode([query], kind="query")` can reach on this machine with this model.
 The three are timed in turns (interleaved rounds) because this shared machine's speed drifts by a
 quarter within minutes; each figure is the median over rounds of a round's p50.
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "gemms": lambda: gemm.run(None, feeds),
             "graph": lambda: emb.session.run(None, graph_feeds),
-            "encode": lambda: emb.encode([text], "query"),
+            "encode": lambda: emb.encode([text], kind="query"),
         },
         a.rounds,
         a.runs,
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     what = f"{len(graph.graph.node)}, {work:.2f} GFLOP, {size / 1e6:.1f} MB of weights"
     print(f"| weight GEMMs alone: {what} | {gemm_ms:.2f} |")
     print(f"| the whole graph (`session.run`) | {ms['graph']:.2f} |")
-    print(f"| `Embedder.encode([query], 'query')` (tokenise, run, pool, normalise) | {ms['encode']:.2f} |")
+    print(f"| `Embedder.encode([query], kind='query')` (tokenise, run, pool, normalise) | {ms['encode']:.2f} |")
     print(
         f"\nGEMMs: {work / gemm_ms * 1e3:.0f} G(FL)OP/s, weights streamed at {size / gemm_ms / 1e6:.1f} GB/s"
     )

@@ -178,7 +178,7 @@ def check_embedder(dev: str, emb_dir: Path, hf_emb: Path, texts: list[str]) -> N
     lat = {}
     e32.batch_tokens = e16.batch_tokens = 4096
     for name, m in (("duorank fp32", e32), ("duorank fp16", e16)):
-        lat[name] = latency(partial(m.encode, [QUERY], "query"), 100)
+        lat[name] = latency(partial(m.encode, [QUERY], kind="query"), 100)
     for peer, model in peers:
         lat[peer] = latency(partial(model.encode, [QUERY]), 100)
     RESULT["query_latency_ms"] = lat
@@ -311,12 +311,12 @@ def check_real(dev: str, folder: Path, data: Path, reference: Path) -> None:
     ingest = time.perf_counter() - t
     index = ExactIndex(dim=emb.dim)
     index.add(vecs)
-    q = emb.encode(queries, "query")
+    q = emb.encode(queries, kind="query")
     hits = index.search(q, 100)
     rr = Reranker.load("default", device=dev)
 
     def query() -> None:
-        emb.encode([queries[0]], "query")
+        emb.encode([queries[0]], kind="query")
 
     groups = [(queries[i], [corpus[j] for j in hits.ids[i]]) for i in range(20 if dev == "cuda" else 2)]
     rr.score_groups(groups[:2])  # warm-up
@@ -328,7 +328,7 @@ def check_real(dev: str, folder: Path, data: Path, reference: Path) -> None:
         "vs_cpu_fp32": {"texts": len(c), "min_cosine": float(c.min()), "mean_cosine": float(c.mean())},
         "scifact_corpus": {"docs": len(corpus), "seconds": ingest, "docs_s": len(corpus) / ingest},
         "query_latency_ms": dict(zip(("p50", "p99"), latency(query, 200 if dev == "cuda" else 20))),
-        "queries_batch_s": len(queries) / timed(lambda: emb.encode(queries, "query")),
+        "queries_batch_s": len(queries) / timed(lambda: emb.encode(queries, kind="query")),
         "rerank_top100_ms_median_of_queries": float(np.median(per_query)),
         "rerank_queries": len(groups),
     }

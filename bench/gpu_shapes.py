@@ -55,7 +55,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     np.save(args.vectors, vecs)
     index = ExactIndex(dim=emb.dim)
     index.add(vecs)
-    hits = index.search(emb.encode(queries, "query"), 100)
+    hits = index.search(emb.encode(queries, kind="query"), 100)
     groups = [(q, [corpus[j] for j in hits.ids[i] if j >= 0]) for i, q in enumerate(queries)]
     for run in ("cold", "warm"):
         ts = []

@@ -37,7 +37,7 @@ METRICS = ["ndcg@10", "mrr@10", "recall@10"]
 def first_stages(emb: Embedder, corpus: list[str], queries: list[str], depth: int) -> dict[str, Any]:
     index = ExactIndex(dim=emb.dim)
     index.add(corpus_vectors(emb, corpus))
-    dense = index.search(emb.encode(queries, "query"), depth)
+    dense = index.search(emb.encode(queries, kind="query"), depth)
     bm25 = BM25.build(corpus).search(queries, depth)
     return {"dense": dense, "bm25": bm25, "hybrid": rrf([dense, bm25], depth)}
 

@@ -42,7 +42,7 @@ def _scifact() -> tuple[np.ndarray, np.ndarray]:
     ds = load_beir(SHARED_DATA / "scifact")
     emb = Embedder.load("default", threads=THREADS)
     docs = corpus_vectors(emb, [ds.corpus[d] for d in ds.doc_ids()])
-    return docs, emb.encode(list(ds.queries.values()), "query")
+    return docs, emb.encode(list(ds.queries.values()), kind="query")
 
 
 @pytest.fixture(scope="module")

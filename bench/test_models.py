@@ -114,10 +114,10 @@ def test_duorank_encode(benchmark, folder, texts, variant, threads):
     for emb in embs.values():
         emb.encode(texts[:16])
     batch = _alternating(benchmark, {s: (lambda e=e: e.encode(texts)) for s, e in embs.items()}, ROUNDS)
-    queries = {s: latency(lambda e=e: e.encode([QUERY], "query"), 100) for s, e in embs.items()}
+    queries = {s: latency(lambda e=e: e.encode([QUERY], kind="query"), 100) for s, e in embs.items()}
     for _ in range(ROUNDS - 1):  # latency in alternation too: keep each one's better round
         for s, e in embs.items():
-            queries[s] = min(queries[s], latency(lambda e=e: e.encode([QUERY], "query"), 100))
+            queries[s] = min(queries[s], latency(lambda e=e: e.encode([QUERY], kind="query"), 100))
     for spin in embs:
         rate = len(texts) / float(np.median(batch[spin]))
         p50, p99 = queries[spin]

@@ -400,24 +400,40 @@ class Embedder(_Model):
 
     def encode(
         self,
-        texts: Sequence[str],
-        kind: str = "document",
+        texts: str | Sequence[str],
         *,
+        kind: str = "document",
         normalize: bool = True,
         progress: bool | None = None,
     ) -> NDArray[np.float32]:
-        """Vectors of `texts` in their order; logs a warning when some were cut at max_length."""
-        return self.encode_detailed(texts, kind, normalize=normalize, progress=progress).vectors
+        """Vectors of `texts` in their order, float32 (n, dim); a single string gives one row, (1, dim), as
+        sentence-transformers and fastembed users expect. kind "query" or "document" picks the model's
+        prefix for that side (`encode_query`, `encode_document`). Logs a warning when some were cut at
+        max_length."""
+        return self.encode_detailed(texts, kind=kind, normalize=normalize, progress=progress).vectors
+
+    def encode_query(
+        self, texts: str | Sequence[str], *, progress: bool | None = None
+    ) -> NDArray[np.float32]:
+        """`encode(texts, kind="query")`: the model's query prefix, if it has one."""
+        return self.encode(texts, kind="query", progress=progress)
+
+    def encode_document(
+        self, texts: str | Sequence[str], *, progress: bool | None = None
+    ) -> NDArray[np.float32]:
+        """`encode(texts, kind="document")`: the model's document prefix, if it has one."""
+        return self.encode(texts, kind="document", progress=progress)
 
     def encode_detailed(
         self,
-        texts: Sequence[str],
-        kind: str = "document",
+        texts: str | Sequence[str],
         *,
+        kind: str = "document",
         normalize: bool = True,
         progress: bool | None = None,
     ) -> Encoded:
-        texts = check_texts(texts)
+        """`encode` with what the tokenizer did: which texts were cut at max_length, tokens per text."""
+        texts = check_texts([texts] if isinstance(texts, str) else texts)
         if kind not in ("query", "document"):
             raise ValueError(f"kind {kind!r}, expected 'query' or 'document'")
         prefix = self.manifest.get("prefixes", {}).get(kind, "")

@@ -211,7 +211,7 @@ class Engine:
         t_start = time.perf_counter()
         if not len(self):  # nothing to search: the models only
             t = time.perf_counter()
-            self.embedder.encode([query], "query")
+            self.embedder.encode([query], kind="query")
             timings = {"embed": _ms(t), "search": 0.0, "fetch": 0.0, "rerank": 0.0}
             t = time.perf_counter()
             if self.reranker is not None:
@@ -220,7 +220,7 @@ class Engine:
             return {**timings, "total": _ms(t_start)}
         recall = "hybrid" if self.collection.manifest.get("bm25") is not None else "dense"
         timings = self.search(query, top_k=1, top_n=1, recall=recall).timings
-        qv = self.embedder.encode([query], "query")
+        qv = self.embedder.encode([query], kind="query")
         t = time.perf_counter()
         self.collection.hits(np.repeat(qv, ExactIndex.BLAS_MIN_QUERIES, axis=0), 1)
         timings["search"] += _ms(t)
@@ -268,7 +268,7 @@ class Engine:
         else:
             chunk_text, chunk_ids, chunk_meta = texts, parents, metas
         if n:
-            enc = self.embedder.encode_detailed(chunk_text, "document", progress=progress)
+            enc = self.embedder.encode_detailed(chunk_text, kind="document", progress=progress)
             self.collection.add(enc.vectors, chunk_text, chunk_ids, chunk_meta)
             truncated = enc.n_truncated
         else:
@@ -367,7 +367,7 @@ class Engine:
         qv = np.empty((0, self.embedder.dim), np.float32)
         if recall != "bm25" or rerank == "embedding":
             t = time.perf_counter()
-            enc = self.embedder.encode_detailed(qs, "query")
+            enc = self.embedder.encode_detailed(qs, kind="query")
             qv, truncated["queries"] = enc.vectors, enc.n_truncated
             timings["embed"] = _ms(t)
 

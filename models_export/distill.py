@@ -67,7 +67,7 @@ def teacher_pairs(
 
     emb = embedder if embedder is not None else Embedder.load("default")
     log.info("distillation: embedding %d sentences for %d anchors", len(pool), anchors)
-    vecs = emb.encode(pool, "document", progress=True)
+    vecs = emb.encode(pool, kind="document", progress=True)
     index = ExactIndex(dim=vecs.shape[1])
     index.add(vecs)
     chosen = rng.sample(range(len(pool)), min(anchors, len(pool)))

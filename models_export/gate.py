@@ -36,7 +36,7 @@ def retrieval_check(
     def embedder_run(folder: Any, variant: str) -> dict[str, dict[str, float]]:
         emb = Embedder.load(folder, variant=variant, threads=2)
         d = emb.encode([ds.corpus[i] for i in doc_ids], progress=True)
-        q = emb.encode([ds.queries[i] for i in qids], "query")
+        q = emb.encode([ds.queries[i] for i in qids], kind="query")
         s = q @ d.T
         top = np.argsort(-s, axis=1)[:, :100]
         return {qid: {doc_ids[j]: float(s[r, j]) for j in top[r]} for r, qid in enumerate(qids)}

@@ -133,7 +133,7 @@ def first_stage_runs(
         emb = Embedder.load("default")
         index = ExactIndex(dim=emb.dim)
         index.add(corpus_vectors(emb, texts))
-        hits["dense"] = index.search(emb.encode(queries, "query"), depth)
+        hits["dense"] = index.search(emb.encode(queries, kind="query"), depth)
     if "dense" in hits and "bm25" in hits:  # what the engine's recall="hybrid" runs
         hits["hybrid"] = rrf([hits["dense"], hits["bm25"]], depth)
     for source, h in hits.items():

@@ -151,8 +151,8 @@ def test_spinning_pool_computes_the_same_and_stops_spinning_after_each_call(
 
 
 def test_query_kind_and_unnormalised(default_embedder):
-    q = default_embedder.encode(["hello"], "query")
-    d = default_embedder.encode(["hello"], "document")
+    q = default_embedder.encode(["hello"], kind="query")
+    d = default_embedder.encode(["hello"], kind="document")
     np.testing.assert_array_equal(q, d)  # all-MiniLM-L6-v2 has no prefixes
     raw = default_embedder.encode(["hello"], normalize=False)
     assert abs(float(np.linalg.norm(raw)) - 1.0) > 1e-3
@@ -173,7 +173,7 @@ def test_prefixes_and_pooling_come_from_the_manifest(default_embedder, tmp_path)
     )
     e5 = Embedder.load(folder)
     np.testing.assert_allclose(
-        e5.encode(["cats"], "query"), default_embedder.encode(["query: cats"]), atol=1e-6
+        e5.encode(["cats"], kind="query"), default_embedder.encode(["query: cats"]), atol=1e-6
     )
     np.testing.assert_allclose(e5.encode(["cats"]), default_embedder.encode(["passage: cats"]), atol=1e-6)
     texts = ["a b c", "a much longer text with more tokens"]
@@ -276,10 +276,28 @@ def test_bad_texts(default_embedder):
         default_embedder.encode([])
     with pytest.raises(TypeError, match=r"texts\[1\] is int, expected str"):
         default_embedder.encode(["a", 3])
-    with pytest.raises(TypeError, match="got a single str"):
-        default_embedder.encode("a text")
+    with pytest.raises(TypeError, match="got a single bytes"):
+        default_embedder.encode(b"a text")
     with pytest.raises(ValueError, match="kind 'passage'"):
-        default_embedder.encode(["a"], "passage")
+        default_embedder.encode(["a"], kind="passage")
+    with pytest.raises(TypeError):  # the side is a keyword, never a positional string
+        default_embedder.encode(["a"], "query")  # type: ignore[misc]
+
+
+def test_a_single_string_and_the_two_sides(default_embedder):
+    """A single string is one text, (1, dim), as in sentence-transformers and fastembed; encode_query and
+    encode_document are encode with kind="query" / "document"."""
+    one = default_embedder.encode("How do statins work?")
+    assert one.shape == (1, default_embedder.dim)
+    np.testing.assert_array_equal(one, default_embedder.encode(["How do statins work?"]))
+    texts = ["How do statins work?", "Statins block HMG-CoA reductase."]
+    np.testing.assert_array_equal(
+        default_embedder.encode_query(texts), default_embedder.encode(texts, kind="query")
+    )
+    np.testing.assert_array_equal(
+        default_embedder.encode_document(texts), default_embedder.encode(texts, kind="document")
+    )
+    assert default_embedder.encode_detailed("a text").vectors.shape == (1, default_embedder.dim)
 
 
 def test_bad_options(default_embedder, tmp_path):

@@ -135,7 +135,9 @@ def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -
         if arr.shape == (len(texts), embedder.dim):
             log.info("corpus vectors from cache %s", path)
             return arr
-    vecs = embedder.encode(list(texts), "document")  # a progress bar on a terminal (2,000 texts and more)
+    vecs = embedder.encode(
+        list(texts), kind="document"
+    )  # a progress bar on a terminal (2,000 texts and more)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -191,7 +193,7 @@ def retrieval(
         index.search(dvecs[:1], 1)  # load the kernels before timing
 
     def dense(qs: list[str], timer: _Timer) -> Hits:
-        v = timer("embed", lambda: embedder.encode(qs, "query"))
+        v = timer("embed", lambda: embedder.encode(qs, kind="query"))
         return timer("search", lambda: index.search(v, top_k))  # type: ignore[union-attr]
 
     def lexical(qs: list[str], timer: _Timer) -> Hits:
@@ -222,7 +224,7 @@ def retrieval(
 
     def rerank_embedding(qs: list[str], timer: _Timer) -> Hits:
         hits = lexical(qs, timer)
-        v = timer("embed", lambda: embedder.encode(qs, "query"))
+        v = timer("embed", lambda: embedder.encode(qs, kind="query"))
         cand = timer("fetch", lambda: [row[row >= 0] for row in hits.ids])
         scored = timer("rerank", lambda: [dvecs[c] @ v[i] for i, c in enumerate(cand)])
         return _reorder(hits, scored)
@@ -324,8 +326,8 @@ def _versions() -> dict[str, str | None]:
 def sts(embedder: Any, path: Any, split: str = "test") -> dict[str, float]:
     """STS Benchmark: Spearman / Pearson (x100) of cosine vs gold on `split`."""
     s1, s2, gold = load_stsb(path, split)
-    a = embedder.encode(s1, "document")
-    b = embedder.encode(s2, "document")
+    a = embedder.encode(s1, kind="document")
+    b = embedder.encode(s2, kind="document")
     return {**tasks.sts(a, b, gold), "pairs": len(gold)}
 
 
@@ -337,9 +339,9 @@ def classification(embedder: Any, path: Any) -> dict[str, float]:
     train, train_y = load_labelled(path, "train")
     test, test_y = load_labelled(path, "test")
     used = np.unique(np.concatenate(tasks.training_samples(train_y)))
-    t = embedder.encode(test, "document")
+    t = embedder.encode(test, kind="document")
     x = np.zeros((len(train), t.shape[1]), dtype=np.float32)
-    x[used] = embedder.encode([train[i] for i in used], "document")
+    x[used] = embedder.encode([train[i] for i in used], kind="document")
     scores = tasks.classification(x, train_y, t, test_y)
     return {**scores, "train": len(train), "embedded": int(used.size), "test": len(test)}
 
@@ -347,5 +349,5 @@ def classification(embedder: Any, path: Any) -> dict[str, float]:
 def clustering(embedder: Any, path: Any, split: str = "test") -> dict[str, float]:
     """k-means on the embeddings of one labelled split, k = number of labels; NMI/ARI/V/purity (x100)."""
     texts, labels = load_labelled(path, split)
-    v = embedder.encode(texts, "document")
+    v = embedder.encode(texts, kind="document")
     return {**tasks.clustering(v, labels), "texts": len(texts), "classes": len(set(labels))}
