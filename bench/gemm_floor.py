@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     what = f"{len(graph.graph.node)}, {work:.2f} GFLOP, {size / 1e6:.1f} MB of weights"
     print(f"| weight GEMMs alone: {what} | {gemm_ms:.2f} |")
     print(f"| the whole graph (`session.run`) | {ms['graph']:.2f} |")
-    print(f"| `Embedder.encode([query], kind='query')` (tokenise, run, pool, normalise) | {ms['encode']:.2f} |")
+    print(
+        f"| `Embedder.encode([query], kind='query')` (tokenise, run, pool, normalise) | {ms['encode']:.2f} |"
+    )
     print(
         f"\nGEMMs: {work / gemm_ms * 1e3:.0f} G(FL)OP/s, weights streamed at {size / gemm_ms / 1e6:.1f} GB/s"
     )

@@ -87,7 +87,7 @@ def score_pairs(
     log.info("%d pairs wanted, %d to score (%s)", len(key), sum(map(len, todo.values())), tag)
     t = time.perf_counter()
     groups = [(queries[i], [corpus[d] for d in docs]) for i, docs in todo.items()]
-    got = rr.score_groups(groups, progress=True) if groups else []
+    got = [s.scores for s in rr.score_groups(groups, progress=True)] if groups else []
     seconds = time.perf_counter() - t
     for (i, docs), values in zip(todo.items(), got):
         known.update((key[i, d], float(v)) for d, v in zip(docs, values))

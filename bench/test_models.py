@@ -211,7 +211,7 @@ def test_duorank_rerank(benchmark, cross_encoder_onnx, cross_encoder_int8, texts
         rr.score(QUERY, passages[:4])
     runs = {s: (lambda r=r: r.score(QUERY, passages)) for s, r in rrs.items()}
     seconds = _alternating(benchmark, runs, ROUNDS + 1)
-    windows = int(rrs[False].score_detailed(QUERY, passages).windows.sum())
+    windows = int(rrs[False].score_groups([(QUERY, passages)])[0].windows.sum())
     for spin in rrs:
         rate = len(passages) / float(np.median(seconds[spin]))
         engine = _spun(f"duorank Reranker ({mode}, {windows} windows)", spin)

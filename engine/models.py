@@ -26,7 +26,6 @@ from numpy.typing import NDArray
 
 from . import batching
 from .errors import DuorankError
-from .hits import Hits
 from .model_folder import (
     INT8_ACTIVATIONS,
     MANIFEST,
@@ -597,38 +596,16 @@ class Reranker(_Model):
         return RerankDefaults(float(own.get("blend", 1.0)), None if depth is None else int(depth), adaptive)
 
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
-        return self.score_detailed(query, texts, progress=progress).scores
-
-    def score_detailed(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> Scored:
+        """The reranker's score of each (query, text) pair, float32 (n,), in the order of `texts` (for a
+        sigmoid head, in [0, 1]: one scale across queries, not a calibrated probability)."""
         check_texts(texts)
-        return self.score_groups_detailed([(query, texts)], progress=progress)[0]
+        return self.score_groups([(query, texts)], progress=progress)[0].scores
 
     def score_groups(
         self, groups: Sequence[tuple[str, Sequence[str]]], *, progress: bool | None = None
-    ) -> list[NDArray[np.float32]]:
-        """Scores of many (query, candidates) groups, all pairs batched together by token budget."""
-        return [s.scores for s in self.score_groups_detailed(groups, progress=progress)]
-
-    def rank(self, query: str, texts: Sequence[str], top_n: int = 5) -> Hits:
-        """The top_n texts by score as Hits of shape (1, top_n): ids are positions in `texts`."""
-        return self.rank_groups([(query, texts)], top_n)
-
-    def rank_groups(self, groups: Sequence[tuple[str, Sequence[str]]], top_n: int = 5) -> Hits:
-        """Per group, the top_n candidate positions and scores, (n_groups, top_n), -1 / -inf where fewer."""
-        if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
-            raise ValueError(f"top_n {top_n!r}, expected an int >= 1")
-        scored = self.score_groups(groups)
-        ids = np.full((len(scored), top_n), -1, dtype=np.int64)
-        scores = np.full((len(scored), top_n), -np.inf, dtype=np.float32)
-        for g, s in enumerate(scored):
-            order = np.argsort(-s, kind="stable")[:top_n]
-            ids[g, : len(order)] = order
-            scores[g, : len(order)] = s[order]
-        return Hits(ids, scores)
-
-    def score_groups_detailed(
-        self, groups: Sequence[tuple[str, Sequence[str]]], *, progress: bool | None = None
     ) -> list[Scored]:
+        """The batched form: per (query, texts) group its `Scored` (scores, windows per pair, pairs cut), all
+        pairs of all groups batched together by token budget."""
         if isinstance(groups, (str, bytes)) or not len(groups):
             raise ValueError("groups must be a non-empty list of (query, texts) pairs")
         queries, docs = [], []

@@ -53,7 +53,7 @@ def rerank_lists(
     adaptive scale; a weight given here is used as given)."""
     chosen = reranker.defaults(recall)
     d = depth or max(top_n, chosen.depth or top_k)
-    scored = reranker.score_groups_detailed([(q, list(t[:d])) for q, t in zip(queries, texts)])
+    scored = reranker.score_groups([(q, list(t[:d])) for q, t in zip(queries, texts)])
     a = chosen.blend if weight is None else float(weight)
     adaptive = bool(chosen.adaptive) and weight is None
     final = [rerank_head(f, s.scores, a, adaptive=adaptive) for s, f in zip(scored, first)]

@@ -49,7 +49,7 @@ def retrieval_check(
             candidates.extend([doc_ids[j] for j in row[row >= 0]] for row in hits.ids)
         rr = Reranker.load(folder, variant=variant, threads=2, long_documents="truncate")
         groups = [(ds.queries[q], [ds.corpus[d] for d in docs]) for q, docs in zip(qids, candidates)]
-        scores = rr.score_groups(groups)
+        scores = [s.scores for s in rr.score_groups(groups)]
         return {q: dict(zip(docs, map(float, s))) for q, docs, s in zip(qids, candidates, scores)}
 
     def check(folder: Any) -> dict[str, Any]:

@@ -775,7 +775,9 @@ def pair_scorer(rr: Any) -> Callable[[list[tuple[str, str]]], np.ndarray]:
         for i, (q, _) in enumerate(pairs):
             groups.setdefault(q, []).append(i)
         out = np.empty(len(pairs), np.float64)
-        got = rr.score_groups([(q, [pairs[i][1] for i in idx]) for q, idx in groups.items()])
+        got = [
+            s.scores for s in rr.score_groups([(q, [pairs[i][1] for i in idx]) for q, idx in groups.items()])
+        ]
         for idx, s in zip(groups.values(), got):
             out[idx] = s
         return out

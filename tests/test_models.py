@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duorank import batching
-from duorank.hits import Hits
 from duorank.models import MANIFEST, DeviceError, Embedder, ModelError, Reranker, read_manifest
 
 pytest.importorskip("onnx", reason="the [models] extra is not installed")
@@ -372,7 +371,7 @@ def test_sliding_windows_cover_a_long_document(reranker, reranker_folder):
     """Tokens 2,000 words deep are scored: the pair's score is the max over windows that cover the text."""
     filler = " ".join(f"filler{i % 50}" for i in range(2000))
     doc = filler + " the mitochondria makes ATP " + filler[:200]
-    s = reranker.score_detailed("what makes ATP?", [doc])
+    s = reranker.score_groups([("what makes ATP?", [doc])])[0]
     enc = reranker._pair_tok.encode("what makes ATP?", doc)
     windows = [enc, *enc.overflowing]
     assert s.windows[0] == len(windows) > 10 and s.n_truncated == 0
@@ -387,29 +386,30 @@ def test_sliding_windows_cover_a_long_document(reranker, reranker_folder):
     np.testing.assert_allclose(s.scores[0], expect.max(), atol=1e-6)
     top2 = Reranker.load(reranker_folder, aggregate="mean_top2").score("what makes ATP?", [doc])
     np.testing.assert_allclose(top2[0], np.sort(expect)[-2:].mean(), atol=1e-6)
-    cut = Reranker.load(reranker_folder, long_documents="truncate").score_detailed(
-        "what makes ATP?", [doc, "x"]
-    )
+    cut = Reranker.load(reranker_folder, long_documents="truncate").score_groups(
+        [("what makes ATP?", [doc, "x"])]
+    )[0]
     assert cut.truncated.tolist() == [True, False] and cut.windows.tolist() == [1, 1]
     np.testing.assert_allclose(cut.scores[0], expect[0], atol=1e-6)
 
 
 def test_long_query_is_capped_and_reported(reranker):
-    s = reranker.score_detailed("why " * 200, ["a passage"])
+    s = reranker.score_groups([("why " * 200, ["a passage"])])[0]
     assert s.truncated.tolist() == [True]
 
 
-def test_rank_and_groups(reranker):
+def test_score_and_the_batched_form(reranker):
+    """score(query, texts) -> float32 scores; score_groups(groups) -> one Scored per group (scores, windows,
+    pairs cut), every pair batched together: the same scores as one group at a time."""
     docs = ["first passage", "second passage", "third one", "fourth"]
     scores = reranker.score("q", docs)
-    hits = reranker.rank("q", docs, top_n=2)
-    assert isinstance(hits, Hits) and hits.ids.shape == (1, 2)
-    assert hits.ids[0].tolist() == np.argsort(-scores, kind="stable")[:2].tolist()
+    assert scores.dtype == np.float32 and scores.shape == (4,)
     groups = [("q", docs), ("other query", ["only one"]), ("empty", [])]
-    many = reranker.rank_groups(groups, top_n=3)
-    assert many.ids.shape == (3, 3)
-    assert many.ids[1].tolist() == [0, -1, -1] and np.isneginf(many.scores[2]).all()
-    np.testing.assert_allclose(reranker.score_groups(groups)[0], scores, atol=1e-6)
+    many = reranker.score_groups(groups)
+    assert [s.scores.shape for s in many] == [(4,), (1,), (0,)]
+    np.testing.assert_allclose(many[0].scores, scores, atol=1e-6)
+    np.testing.assert_allclose(many[1].scores, reranker.score("other query", ["only one"]), atol=1e-6)
+    assert [s.windows.tolist() for s in many[:2]] == [[1, 1, 1, 1], [1]] and many[0].n_truncated == 0
 
 
 def test_reranker_errors(reranker, reranker_folder):
@@ -417,8 +417,6 @@ def test_reranker_errors(reranker, reranker_folder):
         reranker.score("q", [])
     with pytest.raises(TypeError, match=r"groups\[0\] query is int"):
         reranker.score_groups([(1, ["a"])])
-    with pytest.raises(ValueError, match="top_n 0"):
-        reranker.rank("q", ["a"], top_n=0)
     with pytest.raises(ValueError, match="long_documents 'split'"):
         Reranker.load(reranker_folder, long_documents="split")
     with pytest.raises(ValueError, match="aggregate 'sum'"):

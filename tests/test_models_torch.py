@@ -87,6 +87,6 @@ def test_reranker_matches_cross_encoder(tmp_path):
         rr._pair_tok.enable_truncation(
             128, strategy="only_second"
         )  # CrossEncoder(max_length=128) cuts the same way
-        got = rr.score_groups([(q, [t]) for q, t in pairs])
+        got = [s.scores for s in rr.score_groups([(q, [t]) for q, t in pairs])]
         ref = ce.predict(pairs, batch_size=8)
         np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)

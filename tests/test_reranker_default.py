@@ -209,7 +209,9 @@ def test_out_of_domain_stsb_default_blend_costs_little(shared_data, default_embe
 
     s1, s2, gold = load_stsb(shared_data / "stsb", "test")
     cos = (default_embedder.encode(s1) * default_embedder.encode(s2)).sum(axis=1)
-    cross = np.concatenate(default_reranker.score_groups([(a, [b]) for a, b in zip(s1, s2)]))
+    cross = np.concatenate(
+        [s.scores for s in default_reranker.score_groups([(a, [b]) for a, b in zip(s1, s2)])]
+    )
     chosen = default_reranker.defaults()  # the set is one list: an adaptive weight scales by its median
     mixed = rerank_head(cos, cross, chosen.blend, adaptive=chosen.adaptive)  # the engine's own blend
     rho = {"cosine": spearmanr(cos, gold).statistic, "default blend": spearmanr(mixed, gold).statistic}
