@@ -467,8 +467,8 @@ def _load_source(source: str) -> tuple[list[str], list[str], list[dict[str, Any]
 
 
 def _without_empty(
-    texts: list[str], ids: list[str], meta: list[dict[str, Any]] | None, strict: bool
-) -> tuple[list[str], list[str], list[dict[str, Any]] | None, int]:
+    texts: list[str], ids: list[str], meta: list[dict[str, Any]], strict: bool
+) -> tuple[list[str], list[str], list[dict[str, Any]], int]:
     """The documents with text in them (real corpora hold empty ones), and how many were dropped; with
     `strict`, an empty document is an error instead."""
     empty = [i for i, t in enumerate(texts) if not t.strip()]
@@ -479,12 +479,7 @@ def _without_empty(
         raise ValueError(f"{len(empty)} empty documents (ids {first}); --strict refuses them")
     log.warning("skipped %d empty documents (ids %s)", len(empty), first)
     keep = [i for i, t in enumerate(texts) if t.strip()]
-    return (
-        [texts[i] for i in keep],
-        [ids[i] for i in keep],
-        None if meta is None else [meta[i] for i in keep],
-        len(empty),
-    )
+    return [texts[i] for i in keep], [ids[i] for i in keep], [meta[i] for i in keep], len(empty)
 
 
 def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -500,7 +495,7 @@ def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         texts += t
         ids += i
         meta += m if m is not None else [{} for _ in t]
-    texts, ids, kept_meta, skipped = _without_empty(texts, ids, meta, args.strict)
+    texts, ids, meta, skipped = _without_empty(texts, ids, meta, args.strict)
     if not texts:
         raise ValueError(f"nothing to add: every document of {', '.join(args.sources)} is empty")
     if (Path(args.collection) / "collection.json").is_file():
@@ -517,7 +512,7 @@ def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             chunk_overlap=args.chunk_overlap if args.chunk_tokens else 0,
         )
     with eng:
-        report = eng.add(texts, ids, kept_meta)
+        report = eng.add(texts, ids, meta)
     out = {
         "collection": args.collection,
         "documents": report.documents,

@@ -99,7 +99,6 @@ class Collection:
         self.path = folder
         self.mode = mode
         self.manifest = manifest
-        self._lock = lock
         self._vectors = vectors
         self._ann = ann
         self._store = store
@@ -303,7 +302,6 @@ class Collection:
             self._bm25_file.close()
         if self._release is not None:
             self._release()  # once: removes the working copy, releases the lock
-            self._lock = None
         self._dirty = False
 
     def __enter__(self) -> Collection:
@@ -354,7 +352,7 @@ class Collection:
         return self._vectors.ids
 
     def _writable(self, what: str) -> None:
-        if self.mode != "a" or self._lock is None:
+        if self.mode != "a" or self._release is None or not self._release.alive:
             raise ValueError(
                 f"{what}: {self.path} is open read-only; Collection.open(path, 'a') to change it"
             )

@@ -135,9 +135,8 @@ def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -
         if arr.shape == (len(texts), embedder.dim):
             log.info("corpus vectors from cache %s", path)
             return arr
-    vecs = embedder.encode(
-        list(texts), kind="document"
-    )  # a progress bar on a terminal (2,000 texts and more)
+    # a progress bar when stderr is a terminal (2,000 texts and more)
+    vecs = embedder.encode(list(texts), kind="document")
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
