@@ -53,7 +53,7 @@ def int8_for_speed(fp32_folder: Path, out: Path) -> Path:
     whose gate is run and reported elsewhere, as the default embedder's in docs/models.md)."""
     import onnx
 
-    from duorank.models import read_manifest
+    from duorank.model_folder import read_manifest
     from duorank.models_export.folder import write_model_folder
     from duorank.models_export.quantize import INT8_RECIPE, to_int8
 

@@ -80,7 +80,8 @@ def rounds(fns: dict[str, Callable[[], Any]], n_rounds: int, calls: int) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     from duorank.batching import pad
-    from duorank.models import VARIANTS, Embedder, _session, resolve
+    from duorank.model_folder import VARIANTS
+    from duorank.models import Embedder, open_session, resolve
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", default="default")
@@ -100,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         ).astype(d)
         for i, (k, d) in inputs.items()
     }
-    with tempfile.TemporaryDirectory() as tmp:  # the runtime's own session options (`models._session`)
+    with tempfile.TemporaryDirectory() as tmp:  # the runtime's own session options (`models.open_session`)
         (Path(tmp) / "gemms.onnx").write_bytes(graph.SerializeToString())
-        gemm = _session(Path(tmp) / "gemms.onnx", "cpu", a.threads)
+        gemm = open_session(Path(tmp) / "gemms.onnx", "cpu", a.threads)
     emb = Embedder.load(folder, variant=a.variant, threads=a.threads)
     text = " ".join(["word"] * (a.tokens - 2))
     enc = emb.tokenizer.encode(text)

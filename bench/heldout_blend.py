@@ -26,9 +26,9 @@ from duorank import Reranker
 from duorank.eval.datasets import Dataset, load_beir
 from duorank.models_export.pseudo import python_docs_dataset
 from duorank.models_export.train import (
+    Part,
     TrainConfig,
-    _choose_blend,
-    _Part,
+    choose_blend,
     first_stage_runs,
     judged_queries,
     pair_scorer,
@@ -38,10 +38,10 @@ from duorank.models_export.train import (
 log = logging.getLogger("heldout_blend")
 
 
-def held_out_part(ds: Dataset, cfg: TrainConfig) -> _Part:
+def held_out_part(ds: Dataset, cfg: TrainConfig) -> Part:
     """Every judged query of `ds` as a dev query, with the first-stage lists `choose-blend` reranks."""
     runs, scores = first_stage_runs(ds, cfg.sources, max(cfg.depths))
-    return _Part(ds, [], judged_queries(ds), runs, scores, {})
+    return Part(ds, [], judged_queries(ds), runs, scores, {})
 
 
 def trained_on(rr: Reranker) -> set[str]:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if ds.name in trained_on(rr):
         p.error(f"{args.folder} trained on {ds.name}: not a held-out domain for it")
     cfg = TrainConfig()
-    choice = _choose_blend(pair_scorer(rr), [held_out_part(ds, cfg)], cfg, adaptive=sigmoid_head(rr))
+    choice = choose_blend(pair_scorer(rr), [held_out_part(ds, cfg)], cfg, adaptive=sigmoid_head(rr))
     print(f"{rr.folder} ({rr.variant}) on {ds.name} ({len(ds.queries)} queries, none trained on), nDCG@10:\n")
     print(table(choice))
     print(f"\nthe dev rule here: {json.dumps({k: choice[k] for k in ('source', 'depth', 'blend')})}")

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from duorank import Embedder, ExactIndex, Reranker
+from duorank import Embedder, Reranker
 from duorank.eval.datasets import load_beir, load_labelled, load_stsb
+from duorank.eval.first_stage import FirstStage
 from duorank.eval.metrics import evaluate
-from duorank.eval.run import corpus_vectors
 from duorank.eval.significance import bootstrap_ci, randomization_test
-from duorank.lexical import BM25, rrf
-from duorank.models import RECALLS, VARIANTS
+from duorank.model_folder import VARIANTS
+from duorank.recall import RECALLS
 from duorank.rerank import adaptive_weight, blend, rerank_head
 
 log = logging.getLogger("reranker_quality")
@@ -35,11 +35,10 @@ METRICS = ["ndcg@10", "mrr@10", "recall@10"]
 
 
 def first_stages(emb: Embedder, corpus: list[str], queries: list[str], depth: int) -> dict[str, Any]:
-    index = ExactIndex(dim=emb.dim)
-    index.add(corpus_vectors(emb, corpus))
-    dense = index.search(emb.encode(queries, kind="query"), depth)
-    bm25 = BM25.build(corpus).search(queries, depth)
-    return {"dense": dense, "bm25": bm25, "hybrid": rrf([dense, bm25], depth)}
+    """The engine's three first stages over the corpus (`FirstStage`, i.e. `duorank.recall`)."""
+    stage = FirstStage(corpus, emb)
+    v = emb.encode(queries, kind="query")
+    return {how: stage.search(how, queries, depth, vectors=v) for how in RECALLS}
 
 
 def ranked(hits: Any, i: int) -> tuple[list[int], np.ndarray]:

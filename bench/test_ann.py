@@ -36,7 +36,7 @@ def _scifact() -> tuple[np.ndarray, np.ndarray]:
     if not (SHARED_DATA / "scifact").is_dir():
         pytest.skip(f"SciFact not found at {SHARED_DATA}")
     from duorank.eval.datasets import load_beir
-    from duorank.eval.run import corpus_vectors
+    from duorank.eval.first_stage import corpus_vectors
     from duorank.models import Embedder
 
     ds = load_beir(SHARED_DATA / "scifact")

@@ -12,7 +12,8 @@ from .errors import DuorankError, IndexFormatError
 from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
-from .models import DeviceError, Embedder, ModelError, Reranker
+from .model_folder import ModelError
+from .models import DeviceError, Embedder, Reranker
 from .pipeline import Engine, Hit, IngestReport, Results
 from .shards import search_collections, search_shards
 

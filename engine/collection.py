@@ -29,8 +29,7 @@ import time
 import weakref
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +58,69 @@ class ModelMismatchError(DuorankError, ValueError):
     """The collection's vectors come from another model (or dimension) than the embedder given."""
 
 
-@dataclass(frozen=True, slots=True)
-class Found(Hits):
-    """Hits plus, per query and without the empty slots, the documents' external ids, texts and metadata,
-    and the search strategy that ran ("exact", "hnsw", "exact-filtered", "hnsw-filtered", "no-match")."""
+Documents = tuple[list[list[str]], list[list[str]], list[list[dict[str, Any]]]]
 
-    external_ids: list[list[str]]
-    texts: list[list[str]]
-    metadata: list[list[dict[str, Any]]]
+
+class Found(Hits):
+    """Hits over a collection plus, per query and without the empty slots, the documents' external ids,
+    texts and metadata, and the search strategy that ran ("exact", "hnsw", "exact-filtered",
+    "hnsw-filtered", "bm25", "no-match").
+
+    The documents are read from the collection's document store once, when first used (`texts`,
+    `external_ids`, `metadata`, or `fetch()`): a list that is only fused with another reads nothing, and
+    `over(hits)` gives the fused list the same source. A reader sees the saved state it opened; a writer's
+    Found should be read before the next add or delete."""
+
+    __slots__ = ("_documents", "_source", "strategy")
     strategy: str
+    _source: Callable[[NDArray[np.int64]], Documents] | None
+    _documents: Documents | None
+
+    def __init__(
+        self,
+        ids: NDArray[np.int64],
+        scores: NDArray[np.float32],
+        strategy: str,
+        documents: Documents | Callable[[NDArray[np.int64]], Documents],
+    ) -> None:
+        super().__init__(ids, scores)
+        object.__setattr__(self, "strategy", strategy)
+        object.__setattr__(self, "_source", documents if callable(documents) else None)
+        object.__setattr__(self, "_documents", None if callable(documents) else documents)
+
+    def fetch(self) -> Found:
+        """Read the documents now (once); returns self."""
+        if self._documents is None:
+            assert self._source is not None
+            object.__setattr__(self, "_documents", self._source(self.ids))
+        return self
+
+    def _fetched(self) -> Documents:
+        self.fetch()
+        assert self._documents is not None
+        return self._documents
+
+    @property
+    def external_ids(self) -> list[list[str]]:
+        return self._fetched()[0]
+
+    @property
+    def texts(self) -> list[list[str]]:
+        return self._fetched()[1]
+
+    @property
+    def metadata(self) -> list[list[dict[str, Any]]]:
+        return self._fetched()[2]
+
+    def over(self, hits: Hits, strategy: str | None = None) -> Found:
+        """Other hits over the same collection (a fusion of this list with another), documents read from
+        the same source when first used."""
+        if self._source is None:
+            raise ValueError("over(): this Found holds its documents, it has no collection to read from")
+        return Found(hits.ids, hits.scores, self.strategy if strategy is None else strategy, self._source)
+
+    def __repr__(self) -> str:
+        return f"Found(queries={len(self)}, k={self.ids.shape[1]}, strategy={self.strategy!r})"
 
 
 class Collection:
@@ -447,59 +500,41 @@ class Collection:
 
     def search(
         self,
-        queries: ArrayLike,
+        queries: ArrayLike | str | Sequence[str],
         k: int = 10,
         *,
         where: Mapping[str, Any] | None = None,
         strategy: str = "auto",
     ) -> Found:
-        """Top-k documents by cosine per query row; `where` filters by metadata (see duorank.store).
+        """Top-k documents per query: by cosine for query vectors (one row or (n, dim)), by BM25 for query
+        texts (a string or a list of strings; the collection must be created with bm25=True). `where`
+        filters by metadata (see duorank.store).
 
-        strategy "auto" picks from the filter's selectivity: exact over the allowed rows when they are few,
-        HNSW with oversampling and post-filtering otherwise (widened until k allowed documents are found
-        whenever k exist). "exact" / "hnsw" force one. The result says which ran.
+        For vectors, strategy "auto" picks from the filter's selectivity: exact over the allowed rows when
+        they are few, HNSW with oversampling and post-filtering otherwise (widened until k allowed
+        documents are found whenever k exist); "exact" / "hnsw" force one. BM25 scores only the allowed
+        documents. `Found.strategy` says which ran ("bm25" for texts; "no-match" when the filter matches
+        nothing).
         """
-        return self.documents(*self.hits(queries, k, where=where, strategy=strategy))
-
-    def hits(
-        self,
-        queries: ArrayLike,
-        k: int = 10,
-        *,
-        where: Mapping[str, Any] | None = None,
-        strategy: str = "auto",
-    ) -> tuple[Hits, str]:
-        """search() without fetching the documents: (Hits over internal ids, the strategy that ran)."""
-        q = as_vectors(queries, self.dim, "queries")
         k = as_k(k)
+        texts = _query_texts(queries)
+        if texts is not None:
+            if strategy != "auto":
+                raise ValueError(f"strategy {strategy!r}: query texts are searched by BM25 (strategy 'auto')")
+            allow = None if where is None else self.allowed(where)
+            index = self.bm25()
+            if (allow is not None and not allow.size) or index is None:
+                return self.documents(_empty(len(texts), k), "no-match" if index is not None else "bm25")
+            return self.documents(index.search(texts, k, allowed=allow), "bm25")
+        q = as_vectors(queries, self.dim, "queries")
         ran, allow = self.plan(where, strategy)
         if ran == "no-match":
-            return _empty(q.shape[0], k), ran
-        if ran.startswith("hnsw"):
-            return self._ann_search(q, k, allow), ran
-        return self._vectors.search(q, k, allowed=allow), ran
-
-    def search_text(
-        self, queries: Sequence[str], k: int = 10, *, where: Mapping[str, Any] | None = None
-    ) -> Found:
-        """Top-k documents per query text by BM25 (the collection must be created with bm25=True); `where`
-        restricts scoring to the matching documents."""
-        return self.documents(*self.text_hits(queries, k, where=where))
-
-    def text_hits(
-        self, queries: Sequence[str], k: int = 10, *, where: Mapping[str, Any] | None = None
-    ) -> tuple[Hits, str]:
-        """search_text() without fetching the documents."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of str (wrap one query in a list)")
-        k = as_k(k)
-        allow = None if where is None else self.allowed(where)
-        if allow is not None and not allow.size:
-            return _empty(len(queries), k), "no-match"
-        index = self.bm25()
-        if index is None:
-            return _empty(len(queries), k), "bm25"
-        return index.search(list(queries), k, allowed=allow), "bm25"
+            hits = _empty(q.shape[0], k)
+        elif ran.startswith("hnsw"):
+            hits = self._ann_search(q, k, allow)
+        else:
+            hits = self._vectors.search(q, k, allowed=allow)
+        return self.documents(hits, ran)
 
     def vectors_of(self, ids: ArrayLike) -> NDArray[np.float32]:
         """The float32 rows of internal ids (any shape; -1 gives a zero row); unknown ids raise ValueError."""
@@ -556,17 +591,25 @@ class Collection:
         )
 
     def documents(self, hits: Hits, strategy: str = "") -> Found:
-        """Attach external ids, texts and metadata to hits over this collection's internal ids."""
-        found = hits.ids[hits.ids >= 0]
-        unique = np.unique(found)
+        """Hits over this collection's internal ids with their documents (external ids, texts, metadata),
+        read from the store when first used."""
+        return Found(hits.ids, hits.scores, strategy, self._read_documents)
+
+    def _read_documents(self, ids: NDArray[np.int64]) -> Documents:
+        unique = np.unique(ids[ids >= 0])
         rows = dict(zip(unique.tolist(), self._store.documents(unique))) if unique.size else {}
+        if len(rows) != unique.size:
+            gone = sorted(set(unique.tolist()) - set(rows))[:10]
+            raise DuorankError(
+                f"{self.path}: documents {gone} were deleted after the search that found them; search again"
+            )
         ext, texts, meta = [], [], []
-        for row in hits.ids:
+        for row in ids:
             docs = [rows[i] for i in row[row >= 0].tolist()]
             ext.append([d[0] for d in docs])
             texts.append([d[1] for d in docs])
             meta.append([d[2] for d in docs])
-        return Found(hits.ids, hits.scores, ext, texts, meta, strategy)
+        return ext, texts, meta
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
@@ -612,6 +655,15 @@ class Collection:
             "bytes": files,
             "total_bytes": sum(files.values()),
         }
+
+
+def _query_texts(queries: Any) -> list[str] | None:
+    """The query texts, or None when the queries are vectors."""
+    if isinstance(queries, str):
+        return [queries]
+    if isinstance(queries, Sequence) and len(queries) and all(isinstance(q, str) for q in queries):
+        return list(queries)
+    return None
 
 
 def _empty(n: int, k: int) -> Hits:

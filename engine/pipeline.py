@@ -23,13 +23,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .chunking import chunk_texts
-from .collection import Collection
+from .collection import Collection, Found
 from .errors import DuorankError
 from .files import read_manifest
-from .hits import Hits
 from .index import ExactIndex
-from .lexical import rrf, weighted
-from .models import RECALLS, Embedder, Reranker
+from .models import Embedder, Reranker
+from .recall import check_recall
+from .recall import recall as first_stage
 from .rerank import best_first, rerank_lists
 from .validate import check_texts
 
@@ -164,12 +164,14 @@ class Engine:
         mode: str = "r",
         *,
         embedder: str | os.PathLike[str] | Embedder | None = None,
-        reranker: str | os.PathLike[str] | Reranker | bool | None = True,
+        reranker: str | os.PathLike[str] | Reranker | None = None,
         verify: bool = True,
         **model_options: Any,
     ) -> Engine:
-        """Open an engine folder with the models it was built with (or those given). reranker=True: the
-        recorded one, if any; False: none. A different embedder than the collection's is refused."""
+        """Open an engine folder. Each model is the one recorded when the folder was made (None, the
+        default) or the one given: a name, a model folder, or a loaded Embedder / Reranker. An engine
+        without a recorded reranker has none unless one is given; to skip the reranker of one that has
+        one, search with rerank=None. A different embedder than the collection's is refused."""
         folder = Path(path)
         try:
             settings = read_manifest(folder, Collection.MANIFEST, Collection.FORMAT, Collection.VERSION)
@@ -179,13 +181,8 @@ class Engine:
         recorded = settings.get("extra", {}).get("engine", {})
         source = embedder if embedder is not None else recorded.get("embedder") or "default"
         emb = source if isinstance(source, Embedder) else Embedder.load(source, **model_options)
-        rr: Reranker | None = None
-        if isinstance(reranker, Reranker):
-            rr = reranker
-        elif reranker is True and recorded.get("reranker"):
-            rr = Reranker.load(recorded["reranker"], **model_options)
-        elif reranker not in (True, False, None):
-            rr = Reranker.load(reranker, **model_options)  # type: ignore[arg-type]
+        given = reranker if reranker is not None else recorded.get("reranker")
+        rr = given if isinstance(given, Reranker) or given is None else Reranker.load(given, **model_options)
         coll = Collection.open(folder, mode, embedder=emb, verify=verify)
         return cls(coll, emb, rr)
 
@@ -222,7 +219,7 @@ class Engine:
         timings = self.search(query, top_k=1, top_n=1, recall=recall).timings
         qv = self.embedder.encode([query], kind="query")
         t = time.perf_counter()
-        self.collection.hits(np.repeat(qv, ExactIndex.BLAS_MIN_QUERIES, axis=0), 1)
+        self.collection.search(np.repeat(qv, ExactIndex.BLAS_MIN_QUERIES, axis=0), 1)
         timings["search"] += _ms(t)
         return {**timings, "total": _ms(t_start)}
 
@@ -268,9 +265,10 @@ class Engine:
         else:
             chunk_text, chunk_ids, chunk_meta = texts, parents, metas
         if n:
-            enc = self.embedder.encode_detailed(chunk_text, kind="document", progress=progress)
-            self.collection.add(enc.vectors, chunk_text, chunk_ids, chunk_meta)
-            truncated = enc.n_truncated
+            tokens = self.embedder.tokenize(chunk_text, kind="document")
+            vectors = self.embedder.encode(tokens, progress=progress)
+            self.collection.add(vectors, chunk_text, chunk_ids, chunk_meta)
+            truncated = tokens.n_truncated
         else:
             truncated = 0
         if save:
@@ -346,8 +344,7 @@ class Engine:
                 raise ValueError(f"{name} {v!r}, expected an int >= 1{or_none}")
         if top_n > top_k:
             raise ValueError(f"top_n {top_n} > top_k {top_k}: rerank keeps top_n of the top_k candidates")
-        if recall not in RECALLS:
-            raise ValueError(f"recall {recall!r}, expected one of {RECALLS}")
+        check_recall(recall, fusion)
         if rerank == "auto":
             rerank = "cross" if self.reranker is not None else None
         if rerank not in RERANKS:
@@ -359,37 +356,32 @@ class Engine:
             )
         if rerank_blend is not None and not 0.0 <= float(rerank_blend) <= 1.0:
             raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
-        if fusion not in ("rrf", "weighted"):
-            raise ValueError(f"fusion {fusion!r}, expected 'rrf' or 'weighted'")
         timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
         truncated = {"queries": 0, "pairs": 0}
 
         qv = np.empty((0, self.embedder.dim), np.float32)
         if recall != "bm25" or rerank == "embedding":
             t = time.perf_counter()
-            enc = self.embedder.encode_detailed(qs, kind="query")
-            qv, truncated["queries"] = enc.vectors, enc.n_truncated
+            tokens = self.embedder.tokenize(qs, kind="query")
+            qv, truncated["queries"] = self.embedder.encode(tokens), tokens.n_truncated
             timings["embed"] = _ms(t)
 
         t = time.perf_counter()
-        recall_k = top_k
-        if recall == "dense":
-            hits, strategy = self.collection.hits(qv, recall_k, where=where)
-        elif recall == "bm25":
-            hits, strategy = self.collection.text_hits(qs, recall_k, where=where)
-        else:
-            dense, strategy = self.collection.hits(qv, recall_k, where=where)
-            lexical, _ = self.collection.text_hits(qs, recall_k, where=where)
-            fuse = rrf if fusion == "rrf" else weighted
-            hits = fuse([dense, lexical], recall_k)
+        found = first_stage(
+            recall,
+            top_k,
+            dense=lambda k: self.collection.search(qv, k, where=where),
+            lexical=lambda k: self.collection.search(qs, k, where=where),
+            fusion=fusion,
+        )
         timings["search"] = _ms(t)
 
         t = time.perf_counter()
-        found = self.collection.documents(hits, strategy)
+        found.fetch()  # the candidates' documents (one read of the store, fused lists included)
         timings["fetch"] = _ms(t)
 
         t = time.perf_counter()
-        final = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
+        final = [row[found.ids[i] >= 0].astype(np.float64) for i, row in enumerate(found.scores)]
         own: list[Any] = [()] * len(qs)  # per query, the reranker's scores of its list's head
         if rerank == "cross":
             assert self.reranker is not None
@@ -406,20 +398,18 @@ class Engine:
             )
             final, own, truncated["pairs"] = done.final, done.own, done.truncated
         elif rerank == "embedding":
-            vecs = self.collection.vectors_of(hits.ids)
+            vecs = self.collection.vectors_of(found.ids)
             cos = np.einsum("qkd,qd->qk", vecs, qv)
-            final = own = [cos[i][hits.ids[i] >= 0].astype(np.float64) for i in range(len(qs))]
+            final = own = [cos[i][found.ids[i] >= 0].astype(np.float64) for i in range(len(qs))]
         if rerank is not None:
             timings["rerank"] = _ms(t)
 
-        out = [_top(found, hits, i, final[i], own[i], top_n, group) for i in range(len(qs))]
+        out = [_top(found, i, final[i], own[i], top_n, group) for i in range(len(qs))]
         timings["total"] = _ms(t_start)
-        return Results(qs, out, timings, recall, rerank, strategy, truncated)
+        return Results(qs, out, timings, recall, rerank, found.strategy, truncated)
 
 
-def _top(
-    found: Any, hits: Hits, q: int, final: NDArray[np.float64], own: Any, top_n: int, group: bool
-) -> list[Hit]:
+def _top(found: Found, q: int, final: NDArray[np.float64], own: Any, top_n: int, group: bool) -> list[Hit]:
     order = best_first(final)
     out: list[Hit] = []
     seen: set[str] = set()
@@ -436,7 +426,7 @@ def _top(
                 id=found.external_ids[q][j],
                 text=found.texts[q][j],
                 score=float(final[j]),
-                recall_score=float(hits.scores[q][j]),
+                recall_score=float(found.scores[q][j]),
                 recall_rank=j + 1,
                 metadata=meta,
                 parent=parent,

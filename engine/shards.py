@@ -101,7 +101,7 @@ def search_collections(
             texts[q].append(r.texts[q][j])
             meta[q].append(r.metadata[q][j])
     strategy = "+".join(dict.fromkeys(r.strategy for r in results))
-    return Found(ids, scores, ext, texts, meta, strategy)
+    return Found(ids, scores, strategy, (ext, texts, meta))
 
 
 def _holds(shard: Any, ids: np.ndarray) -> np.ndarray:

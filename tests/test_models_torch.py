@@ -11,7 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from duorank.models import Embedder, Reranker, read_manifest
+from duorank.model_folder import read_manifest
+from duorank.models import Embedder, Reranker
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch", reason="the [export] extra (torch) is not installed")

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("onnx", reason="the [models] extra is not installed")
 
-from duorank.models import INT8_ACTIVATIONS, Embedder, read_manifest
+from duorank.model_folder import INT8_ACTIVATIONS, read_manifest
+from duorank.models import Embedder
 from duorank.models_export import add_int8, parity
 from duorank.models_export.builtin import BUILTIN
 from duorank.models_export.gate import retrieval_check

@@ -12,7 +12,8 @@ import pytest
 from duorank import Engine, Reranker
 from duorank.eval.datasets import load_labelled, load_stsb
 from duorank.eval.metrics import evaluate
-from duorank.models import MANIFEST, PACKAGED, ModelError, RerankDefaults, list_models
+from duorank.model_folder import MANIFEST, PACKAGED, ModelError
+from duorank.models import RerankDefaults, list_models
 from duorank.rerank import adaptive_weight, rerank_head
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from duorank.models import RerankDefaults
 from duorank.models_export.train import (
+    Part,
     TrainConfig,
-    _choose_blend,
-    _Part,
+    choose_blend,
     choose_from_grid,
     mine_negatives,
     split_queries,
@@ -79,9 +79,9 @@ def test_dev_grid_ranks_ties_as_the_engine_does():
     first = [100.0 - i for i in range(50)]
     first[9] = first[10] = first[11] = 90.0
     ds = Dataset("ties", {d: d for d in docs}, {}, {"q": "q"}, {"q": {"d11": 1}}, "train")
-    part = _Part(ds, [], ["q"], {"rrf": {"q": docs}}, {"rrf": {"q": first}}, {})
+    part = Part(ds, [], ["q"], {"rrf": {"q": docs}}, {"rrf": {"q": first}}, {})
     rng = np.random.default_rng(0)
-    grid = _choose_blend(lambda pairs: rng.random(len(pairs)), [part], TrainConfig())["grid"]
+    grid = choose_blend(lambda pairs: rng.random(len(pairs)), [part], TrainConfig())["grid"]
     alone = {r["depth"]: r["dev_ndcg@10"] for r in grid if r["blend"] == 0.0}
     assert set(alone) == {10, 20, 30, 50}
     assert set(alone.values()) == {0.0}  # d11 is 12th in the list: outside the top 10 at every depth

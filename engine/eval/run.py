@@ -3,12 +3,15 @@
 `retrieval(dataset, embedder, reranker=...)` runs BM25, dense, hybrid (RRF), BM25 reranked by the
 embedder (MTEB style) and, given a cross-encoder, dense and hybrid reranked by it; each system gets the
 metrics (per query), latency per stage (p50/p99 over single queries) and throughput, and every system is
-compared with dense for significance. `sts`, `classification` and `clustering` cover the other tasks.
+compared with dense for significance. The lists are those `Engine.search` returns: its first stage
+(`duorank.recall`, via `first_stage.FirstStage`) and its rerank (`duorank.rerank.rerank_lists`, with the
+reranker's recorded depth and blend), scored in the order returned (first-stage ties to the document added
+first, as in a collection; not trec_eval's tie-break by document id). `sts`, `classification` and
+`clustering` cover the other tasks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,7 @@ from duorank.hits import Hits
 
 from . import tasks
 from .datasets import Dataset, load_labelled, load_stsb
+from .first_stage import FirstStage
 from .metrics import EvalResult, evaluate, pairwise_accuracy, run_from_hits
 from .significance import Comparison, compare
 
@@ -119,32 +123,6 @@ class _Timer:
         return out
 
 
-def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -> NDArray[np.float32]:
-    """Document vectors, cached under $DUORANK_HOME/cache by model file checksum + variant + texts."""
-    from duorank.model_folder import VARIANTS, home
-
-    h = hashlib.sha256()
-    h.update(embedder.manifest["files"][VARIANTS[embedder.variant]]["sha256"].encode())
-    h.update(embedder.variant.encode())
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    path = home() / "cache" / "embeddings" / f"{h.hexdigest()[:32]}.npy"
-    if cache and path.is_file():
-        arr = np.load(path)
-        if arr.shape == (len(texts), embedder.dim):
-            log.info("corpus vectors from cache %s", path)
-            return arr
-    # a progress bar when stderr is a terminal (2,000 texts and more)
-    vecs = embedder.encode(list(texts), kind="document")
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vecs)
-        tmp.replace(path)
-    return vecs
-
-
 def retrieval(
     dataset: Dataset,
     embedder: Any = None,
@@ -158,8 +136,6 @@ def retrieval(
     cache: bool = True,
 ) -> RetrievalReport:
     """Run every configuration on `dataset` and return the report (see the module docstring)."""
-    from duorank.index import ExactIndex
-    from duorank.lexical import BM25, rrf
     from duorank.rerank import rerank_lists
 
     if top_n > top_k:
@@ -181,25 +157,19 @@ def retrieval(
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(qids), size=min(latency_queries, len(qids)), replace=False))
 
-    bm25 = BM25.build(texts) if any(s.startswith(("bm25", "hybrid")) for s in wanted) else None
-    index = None
-    if needs_dense:
-        t0 = time.perf_counter()
-        dvecs = corpus_vectors(embedder, texts, cache=cache)
-        log.info("corpus: %d docs embedded in %.1f s", len(texts), time.perf_counter() - t0)
-        index = ExactIndex(dim=embedder.dim)
-        index.add(dvecs, np.arange(len(texts)))
-        index.search(dvecs[:1], 1)  # load the kernels before timing
+    lexical_needed = any(s.startswith(("bm25", "hybrid")) for s in wanted)
+    stage = FirstStage(texts, embedder if needs_dense else None, bm25=lexical_needed, cache=cache)
 
-    def dense(qs: list[str], timer: _Timer) -> Hits:
-        v = timer("embed", lambda: embedder.encode(qs, kind="query"))
-        return timer("search", lambda: index.search(v, top_k))  # type: ignore[union-attr]
+    def first(how: str) -> Callable[[list[str], _Timer], Hits]:
+        """The first stage `how` (`FirstStage.search`, i.e. `duorank.recall.recall`), its stages timed."""
 
-    def lexical(qs: list[str], timer: _Timer) -> Hits:
-        return timer("search", lambda: bm25.search(qs, top_k))  # type: ignore[union-attr]
+        def go(qs: list[str], timer: _Timer) -> Hits:
+            v = timer("embed", lambda: embedder.encode(qs, kind="query")) if how != "bm25" else None
+            return timer("search", lambda: stage.search(how, qs, top_k, vectors=v))  # type: ignore[no-any-return]
 
-    def hybrid(qs: list[str], timer: _Timer) -> Hits:
-        return rrf([dense(qs, timer), lexical(qs, timer)], top_k)
+        return go
+
+    dense, lexical, hybrid = first("dense"), first("bm25"), first("hybrid")
 
     settings: dict[str, dict[str, Any]] = {}  # per +cross system: the rerank depth and blend in force
 
@@ -225,7 +195,7 @@ def retrieval(
         hits = lexical(qs, timer)
         v = timer("embed", lambda: embedder.encode(qs, kind="query"))
         cand = timer("fetch", lambda: [row[row >= 0] for row in hits.ids])
-        scored = timer("rerank", lambda: [dvecs[c] @ v[i] for i, c in enumerate(cand)])
+        scored = timer("rerank", lambda: [stage.vectors[c] @ v[i] for i, c in enumerate(cand)])  # type: ignore[index]
         return _reorder(hits, scored)
 
     runners = {
@@ -246,7 +216,7 @@ def retrieval(
         for i in sample:
             fn([queries[i]], timer)
             timer.next_query()
-        run = run_from_hits(hits, qids, doc_ids)
+        run = run_from_hits(_by_rank(hits), qids, doc_ids)
         if dataset.ignore_identical_ids:  # ArguAna / Quora: a query is not its own answer
             run = {q: {d: v for d, v in r.items() if d != q} for q, r in run.items()}
         res = evaluate(dataset.qrels, run, metrics)
@@ -275,7 +245,7 @@ def retrieval(
         "embedder": _model_config(embedder),
         "reranker": _model_config(reranker),
         "rerank": settings,
-        "bm25": bm25.config if bm25 else None,
+        "bm25": stage.bm25.config if stage.bm25 else None,
         "versions": _versions(),
     }
     return RetrievalReport(dataset.name, dataset.split, config, results, comparisons)
@@ -283,17 +253,23 @@ def retrieval(
 
 def _reorder(hits: Hits, scored: Sequence[NDArray[Any]]) -> Hits:
     """The candidates of each row in the order `Engine.search` returns them for these final scores
-    (`best_first`: ties keep the first-stage order), scored by rank (n, n - 1, ... 1) so that the metrics,
-    which break score ties by document id as trec_eval does, see exactly that order."""
+    (`best_first`: ties keep the first-stage order)."""
     from duorank.rerank import best_first
 
     ids = np.full_like(hits.ids, -1)
-    scores = np.full_like(hits.scores, -np.inf)
     for r, s in enumerate(scored):
         cand = hits.ids[r][hits.ids[r] >= 0]
         ids[r, : len(cand)] = cand[best_first(s)]
-        scores[r, : len(cand)] = np.arange(len(cand), 0, -1, dtype=np.float32)
-    return Hits(ids, scores)
+    return Hits(ids, np.where(ids >= 0, 0.0, -np.inf).astype(np.float32))
+
+
+def _by_rank(hits: Hits) -> Hits:
+    """Each row's list scored by rank (n, n - 1, ... 1), so that the metrics, which break score ties by
+    document id as trec_eval does, see the list in the order the engine returns it (ties of the first
+    stage go to the document added first)."""
+    valid = hits.ids >= 0
+    ranks = np.where(valid, valid.sum(axis=1, keepdims=True) - np.cumsum(valid, axis=1) + 1, -np.inf)
+    return Hits(hits.ids, ranks.astype(np.float32))
 
 
 def _model_config(model: Any) -> dict[str, Any] | None:

@@ -1,0 +1,7 @@
+"""`python -m duorank.cli`"""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""`duorank eval`: retrieval (every recall / rerank system side by side), STS, classification, clustering."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from .options import SPIN_HELP, device_options
+
+log = logging.getLogger("duorank.cli")
+
+SYSTEMS = ("bm25", "dense", "hybrid", "bm25+embedding", "dense+cross", "hybrid+cross")  # = eval.run.SYSTEMS
+
+
+def add(sub: Any) -> None:
+    """`duorank eval ...`"""
+    ev = sub.add_parser(
+        "eval",
+        help="measure retrieval, rerank, STS, clustering, classification on labelled data",
+        description="Evaluate models and pipelines on labelled data (BEIR folders or zips, "
+        "STS Benchmark, labelled jsonl such as Banking77).",
+        epilog="example: duorank eval retrieval --data ./scifact --reranker default",
+    )
+    ev.set_defaults(run=_choose)
+    esub = ev.add_subparsers(dest="eval_command", metavar="TASK")
+    r = esub.add_parser(
+        "retrieval",
+        help="BM25, dense, hybrid and reranked systems side by side",
+        epilog="example: duorank eval retrieval --data ./scifact --out report/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.set_defaults(run=_retrieval)
+    r.add_argument("--data", required=True, metavar="PATH", help="BEIR folder or .zip")
+    r.add_argument("--split", default="test")
+    r.add_argument("--model", default="default", help="embedder name or folder (default: %(default)s)")
+    r.add_argument("--reranker", help="cross-encoder name or folder: adds the +cross systems")
+    r.add_argument("--top-k", type=int, default=100, help="first-stage candidates (default: %(default)s)")
+    r.add_argument(
+        "--top-n", type=int, default=10, help="cutoff of the headline metrics (default: %(default)s)"
+    )
+    r.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    r.add_argument(
+        "--ignore-identical-ids", action="store_true", help="drop hits whose doc id is the query id"
+    )
+    r.add_argument("--out", metavar="DIR", help="write report.json, report.md and plots here")
+    r.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
+    r.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+    r.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    device_options(r)
+    for task, helptext in (
+        ("sts", "STS Benchmark: Spearman of cosine vs gold"),
+        ("classification", "logistic regression on frozen embeddings (e.g. Banking77)"),
+        ("clustering", "k-means on embeddings: NMI, ARI, V-measure, purity"),
+    ):
+        t = esub.add_parser(
+            task,
+            help=helptext,
+            epilog=f"example: duorank eval {task} --data ./" + ("stsb" if task == "sts" else "banking77"),
+        )
+        t.set_defaults(run=_embedding_task)
+        t.add_argument("--data", required=True, metavar="PATH")
+        t.add_argument("--model", default="default")
+        t.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+        t.add_argument("--spin", action="store_true", help=SPIN_HELP)
+        device_options(t)
+
+
+def _choose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    parser.error("eval: choose a TASK: retrieval, sts, classification or clustering")
+
+
+def _embedder(args: argparse.Namespace) -> Any:
+    from ..models import Embedder
+
+    return Embedder.load(
+        args.model, device=args.device, variant=args.variant, threads=args.threads, spin=args.spin
+    )
+
+
+def _embedding_task(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..eval import run
+
+    fn = {"sts": run.sts, "classification": run.classification, "clustering": run.clustering}
+    print(json.dumps(fn[args.eval_command](_embedder(args), args.data), indent=1))
+    return 0
+
+
+def _retrieval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..eval import run
+    from ..eval.datasets import load_beir
+    from ..eval.report import markdown, save
+    from ..models import Reranker
+
+    emb = _embedder(args)
+    data = load_beir(args.data, args.split, ignore_identical_ids=args.ignore_identical_ids)
+    rr = (
+        Reranker.load(args.reranker, device=args.device, threads=args.threads, spin=args.spin)
+        if args.reranker
+        else None
+    )
+    systems = args.systems.split(",") if args.systems else None
+    report = run.retrieval(data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems)
+    if args.out:
+        for path in save(report, args.out):
+            log.info("wrote %s", path)
+    print(json.dumps(report.to_dict()) if args.json else markdown(report))
+    return 0
