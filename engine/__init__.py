@@ -13,7 +13,7 @@ from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .model_folder import ModelError
-from .models import DeviceError, Embedder, Reranker
+from .models import DeviceError, Embedder, Reranker, Scored, Tokens
 from .pipeline import Engine, Hit, IngestReport, Results
 from .shards import search_collections, search_shards
 
@@ -41,6 +41,8 @@ __all__ = [
     "ModelMismatchError",
     "Reranker",
     "Results",
+    "Scored",
+    "Tokens",
     "__version__",
     "search_collections",
     "search_shards",

@@ -66,10 +66,10 @@ class Found(Hits):
     texts and metadata, and the search strategy that ran ("exact", "hnsw", "exact-filtered",
     "hnsw-filtered", "bm25", "no-match").
 
-    The documents are read from the collection's document store once, when first used (`texts`,
-    `external_ids`, `metadata`, or `fetch()`): a list that is only fused with another reads nothing, and
-    `over(hits)` gives the fused list the same source. A reader sees the saved state it opened; a writer's
-    Found should be read before the next add or delete."""
+    `Collection.search` returns it with its documents read; with fetch=False they are read once, when
+    first used (`texts`, `external_ids`, `metadata`, or `fetch()`), while the collection is open: a list
+    that is only fused with another reads nothing, and `over(hits)` gives the fused list the same
+    source."""
 
     __slots__ = ("_documents", "_source", "strategy")
     strategy: str
@@ -505,6 +505,7 @@ class Collection:
         *,
         where: Mapping[str, Any] | None = None,
         strategy: str = "auto",
+        fetch: bool = True,
     ) -> Found:
         """Top-k documents per query: by cosine for query vectors (one row or (n, dim)), by BM25 for query
         texts (a string or a list of strings; the collection must be created with bm25=True). `where`
@@ -514,7 +515,8 @@ class Collection:
         they are few, HNSW with oversampling and post-filtering otherwise (widened until k allowed
         documents are found whenever k exist); "exact" / "hnsw" force one. BM25 scores only the allowed
         documents. `Found.strategy` says which ran ("bm25" for texts; "no-match" when the filter matches
-        nothing).
+        nothing). fetch=False: the documents are read when first used (`Found.fetch()`), so that lists
+        which are fused first read only the fused list's documents (what `Engine.search` does).
         """
         k = as_k(k)
         texts = _query_texts(queries)
@@ -524,8 +526,10 @@ class Collection:
             allow = None if where is None else self.allowed(where)
             index = self.bm25()
             if (allow is not None and not allow.size) or index is None:
-                return self.documents(_empty(len(texts), k), "no-match" if index is not None else "bm25")
-            return self.documents(index.search(texts, k, allowed=allow), "bm25")
+                found = self.documents(_empty(len(texts), k), "no-match" if index is not None else "bm25")
+            else:
+                found = self.documents(index.search(texts, k, allowed=allow), "bm25")
+            return found.fetch() if fetch else found
         q = as_vectors(queries, self.dim, "queries")
         ran, allow = self.plan(where, strategy)
         if ran == "no-match":
@@ -534,7 +538,8 @@ class Collection:
             hits = self._ann_search(q, k, allow)
         else:
             hits = self._vectors.search(q, k, allowed=allow)
-        return self.documents(hits, ran)
+        found = self.documents(hits, ran)
+        return found.fetch() if fetch else found
 
     def vectors_of(self, ids: ArrayLike) -> NDArray[np.float32]:
         """The float32 rows of internal ids (any shape; -1 gives a zero row); unknown ids raise ValueError."""
@@ -592,17 +597,17 @@ class Collection:
 
     def documents(self, hits: Hits, strategy: str = "") -> Found:
         """Hits over this collection's internal ids with their documents (external ids, texts, metadata),
-        read from the store when first used."""
+        read from the store when first used (`Found.fetch()`)."""
         return Found(hits.ids, hits.scores, strategy, self._read_documents)
 
     def _read_documents(self, ids: NDArray[np.int64]) -> Documents:
         unique = np.unique(ids[ids >= 0])
-        rows = dict(zip(unique.tolist(), self._store.documents(unique))) if unique.size else {}
-        if len(rows) != unique.size:
-            gone = sorted(set(unique.tolist()) - set(rows))[:10]
+        try:
+            rows = dict(zip(unique.tolist(), self._store.documents(unique))) if unique.size else {}
+        except ValueError as e:  # ids the store no longer holds
             raise DuorankError(
-                f"{self.path}: documents {gone} were deleted after the search that found them; search again"
-            )
+                f"{self.path}: {e}: deleted after the search that found them; search again"
+            ) from e
         ext, texts, meta = [], [], []
         for row in ids:
             docs = [rows[i] for i in row[row >= 0].tolist()]

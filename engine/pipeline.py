@@ -370,8 +370,8 @@ class Engine:
         found = first_stage(
             recall,
             top_k,
-            dense=lambda k: self.collection.search(qv, k, where=where),
-            lexical=lambda k: self.collection.search(qs, k, where=where),
+            dense=lambda k: self.collection.search(qv, k, where=where, fetch=False),
+            lexical=lambda k: self.collection.search(qs, k, where=where, fetch=False),
             fusion=fusion,
         )
         timings["search"] = _ms(t)

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duorank import Collection, CollectionLockedError, ExactIndex, IndexFormatError, ModelMismatchError
+from duorank import (
+    Collection,
+    CollectionLockedError,
+    DuorankError,
+    ExactIndex,
+    IndexFormatError,
+    ModelMismatchError,
+)
 from duorank.shards import SHARD_STRIDE, search_collections, search_shards
 from duorank.store import FilterError
 
@@ -452,3 +459,30 @@ def test_readers_see_whole_snapshots_while_a_writer_saves(tmp_path):
     assert len(seen) >= 2, f"readers saw only sizes {seen}"
     assert consistent(folder) == 220
     assert not [p for p in os.listdir(folder) if p.endswith(".tmp")]
+
+
+def test_one_search_for_vectors_and_texts(tmp_path, rng):
+    """Collection.search: query vectors by cosine, query texts (a string is one) by BM25, one result type;
+    fetch=False defers reading the documents, which a delete in between makes a clear error."""
+    texts = [f"alpha{i % 7} beta{i % 5} gamma{i}" for i in range(60)]
+    v = embedding_like(rng, 60, DIM, 4)
+    c = Collection.create(tmp_path / "c", dim=DIM, bm25=True)
+    c.add(v, texts, [str(i) for i in range(60)], [{"n": i % 3} for i in range(60)])
+    by_text = c.search(["alpha3 beta1", "gamma17"], 5)
+    want = c.bm25().search(["alpha3 beta1", "gamma17"], 5)
+    np.testing.assert_array_equal(by_text.ids, want.ids)
+    assert by_text.strategy == "bm25" and by_text.texts[1][0] == texts[17]
+    one = c.search("gamma17", 5)
+    np.testing.assert_array_equal(one.ids, by_text.ids[1:])
+    filtered = c.search(["gamma17"], 5, where={"n": 0})
+    assert all(int(e) % 3 == 0 for e in filtered.external_ids[0])
+    assert c.search(["gamma17"], 5, where={"n": 9}).strategy == "no-match"
+    with pytest.raises(ValueError, match="strategy 'exact': query texts are searched by BM25"):
+        c.search("gamma17", 5, strategy="exact")
+    lazy = c.search(v[:1], 3, fetch=False)
+    assert lazy.texts[0] == c.search(v[:1], 3).texts[0]
+    later = c.search(v[:1], 3, fetch=False)
+    c.delete([str(int(later.ids[0][0]))])  # external id i is internal id i here
+    with pytest.raises(DuorankError, match="deleted after the search that found them"):
+        later.fetch()
+    c.close()

@@ -87,10 +87,11 @@ def test_the_default_reranker_improves_dense_on_scifact(scifact_slice, default_e
 
 
 def test_eval_measures_what_engine_search_returns(scifact_slice, default_embedder):
-    """One rerank path: `duorank eval`'s dense+cross system reranks as `Engine.search` does (the reranker's
-    recorded depth and blend for that recall, the adaptive scale, the engine's order), so its nDCG@10
+    """One recall / rerank path: every system of `duorank eval` runs the engine's first stage
+    (`duorank.recall`) and rerank (`rerank_lists`: the reranker's recorded depth and blend for that recall,
+    the adaptive scale, the engine's order, first-stage ties to the document added first), so its nDCG@10
     equals the one computed from `Engine.search` over the same queries, query by query; the report records
-    the settings in force. (hybrid+cross runs the same function over the fused list.)"""
+    the settings in force."""
     from dataclasses import replace
 
     from duorank.eval import run
@@ -99,17 +100,20 @@ def test_eval_measures_what_engine_search_returns(scifact_slice, default_embedde
     qids, queries = qids[:60], queries[:60]  # half the slice's queries: the rerank is the cost
     part = replace(part, queries=dict(zip(qids, queries)), qrels={q: qrels[q] for q in qids})
     rr = Reranker.load("default")
+    systems = {"dense+cross": ("dense", "cross"), "dense": ("dense", None), "bm25": ("bm25", None)}
+    systems |= {"hybrid": ("hybrid", None), "bm25+embedding": ("bm25", "embedding")}
     rep = run.retrieval(
-        part, default_embedder, reranker=rr, top_k=50, top_n=10, systems=["dense+cross"], latency_queries=1
+        part, default_embedder, reranker=rr, top_k=50, top_n=10, systems=list(systems), latency_queries=1
     )
     with Engine.open(folder, embedder=default_embedder, reranker=rr) as eng:
-        res = eng.search(queries, top_k=50, top_n=10, recall="dense")
-    engine = {q: {h.id: float(10 - r) for r, h in enumerate(hits)} for q, hits in zip(qids, res.hits)}
-    want = evaluate(part.qrels, engine, ["ndcg@10"])
-    got = rep.systems[0].result
-    assert abs(got.mean["ndcg@10"] - want.mean["ndcg@10"]) < 1e-9
-    for q in qids:
-        assert abs(got.per_query["ndcg@10"][q] - want.per_query["ndcg@10"][q]) < 1e-9, q
+        for got in rep.systems:
+            recall, rerank = systems[got.name]
+            res = eng.search(queries, top_k=50, top_n=10, recall=recall, rerank=rerank)
+            engine = {q: {h.id: float(10 - r) for r, h in enumerate(hits)} for q, hits in zip(qids, res.hits)}
+            want = evaluate(part.qrels, engine, ["ndcg@10"])
+            assert abs(got.result.mean["ndcg@10"] - want.mean["ndcg@10"]) < 1e-9, got.name
+            for q in qids:
+                assert abs(got.result.per_query["ndcg@10"][q] - want.per_query["ndcg@10"][q]) < 1e-9, q
     chosen = rr.defaults("dense")
     assert rep.config["rerank"]["dense+cross"] == {
         "depth": max(10, chosen.depth or 50),

@@ -314,3 +314,13 @@ def test_imports_follow_the_layers():
         if _layer(d) > _layer(m)
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_architecture_names_the_whole_public_api():
+    """`duorank.__all__` is the public API, and docs/architecture.md names every part of it."""
+    import duorank
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [n for n in duorank.__all__ if n != "__version__" and f"`{n}" not in doc and f" {n}" not in doc]
+    assert not missing, f"docs/architecture.md does not name {missing}"
+    assert all(hasattr(duorank, n) for n in duorank.__all__)
