@@ -12,6 +12,9 @@ _EXTRA = {
     "transformers": "export",
     "optimum": "export",
     "sentence_transformers": "export",
+    "fastapi": "server",
+    "uvicorn": "server",
+    "prometheus_client": "server",
 }
 
 

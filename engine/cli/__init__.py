@@ -1,8 +1,8 @@
 """The `duorank` command. Starts fast: heavy modules load only inside the command that needs them.
 
-One module per command group (`models`, `evaluate`, `engine`, `datasets`), each adding its parsers with
-`add(sub)` and naming the function that runs each command (`set_defaults(run=...)`); `GROUPS` is the
-registry, in the order `duorank --help` lists them.
+One module per command group (`models`, `evaluate`, `engine`, `serve`, `datasets`), each adding its
+parsers with `add(sub)` and naming the function that runs each command (`set_defaults(run=...)`);
+`GROUPS` is the registry, in the order `duorank --help` lists them.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import json
 import logging
 import sys
 
-from . import datasets, engine, evaluate, models
+from . import datasets, engine, evaluate, models, serve
 
 log = logging.getLogger("duorank.cli")
 
-GROUPS = (models, evaluate, engine, datasets)
+GROUPS = (models, evaluate, engine, serve, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

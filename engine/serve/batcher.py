@@ -1,0 +1,137 @@
+"""Batching across requests: jobs from many requests wait in one bounded queue, and one worker thread runs
+whatever is queued as one batch (no fixed wait: while a batch runs the queue fills, and the next batch takes
+what is there, up to its budget).
+
+A job is a list of items with a key; only jobs of equal keys share a batch (an embedding's side, a
+search's parameters). The worker calls `run(key, items)` with the items of all jobs of the batch and
+hands each job its share of the results, in order. The queue holds at most `max_items` items: beyond it
+`submit` raises `Full` at once (a server answers 429). A job whose caller gave up (its future cancelled)
+before its batch starts is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("duorank.serve")
+
+
+class Full(Exception):
+    """The queue holds `max_items` items already: try again later."""
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    items: Sequence[Any]
+    future: Future[list[Any]] = field(default_factory=Future)
+
+
+class Batcher:
+    """One queue and one worker thread around `run(key, items) -> results` (one result per item)."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Hashable, list[Any]], Sequence[Any]],
+        *,
+        max_batch: int,
+        max_items: int,
+    ) -> None:
+        if max_batch < 1 or max_items < 1:
+            raise ValueError(f"max_batch {max_batch} and max_items {max_items} must be >= 1")
+        self.name, self.run, self.max_batch, self.max_items = name, run, max_batch, max_items
+        self.queued = 0  # items waiting
+        self.batches = 0  # batches run
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"duorank-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: Hashable, items: Sequence[Any]) -> Future[list[Any]]:
+        """Queue one job; its future gets the job's results (a list, one per item) or the batch's error."""
+        job = _Job(key, list(items))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"the {self.name} queue is closed")
+            if self.queued and self.queued + len(job.items) > self.max_items:
+                raise Full(f"{self.queued} {self.name} items queued (at most {self.max_items})")
+            self._jobs.append(job)
+            self.queued += len(job.items)
+            self._cond.notify()
+        return job.future
+
+    def close(self) -> None:
+        """Run what is queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _take(self) -> list[_Job] | None:
+        """The next batch: the first queued job and the queued jobs of its key, up to max_batch items."""
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            if not self._jobs:
+                return None
+            first = self._jobs.popleft()
+            batch, n = [first], len(first.items)
+            rest: collections.deque[_Job] = collections.deque()
+            while self._jobs:
+                job = self._jobs.popleft()
+                if job.key == first.key and n + len(job.items) <= self.max_batch:
+                    batch.append(job)
+                    n += len(job.items)
+                else:
+                    rest.append(job)
+            self._jobs.extendleft(reversed(rest))
+            self.queued -= n
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                results = self._run(live)
+            except Exception:
+                if len(live) == 1:
+                    self._fail(live)
+                    continue
+                # one job's bad input must not fail the others: each job alone, each with its own answer
+                for j in live:
+                    try:
+                        j.future.set_result(self._run([j]))
+                    except Exception:
+                        self._fail([j])
+                continue
+            start = 0
+            for j in live:
+                j.future.set_result(results[start : start + len(j.items)])
+                start += len(j.items)
+
+    def _run(self, jobs: list[_Job]) -> list[Any]:
+        items = [x for j in jobs for x in j.items]
+        results = list(self.run(jobs[0].key, items))
+        self.batches += 1
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
+        return results
+
+    @staticmethod
+    def _fail(jobs: list[_Job]) -> None:
+        import sys
+
+        e = sys.exc_info()[1]
+        assert e is not None
+        for j in jobs:
+            j.future.set_exception(e)
