@@ -112,12 +112,12 @@ class Found(Hits):
     def metadata(self) -> list[list[dict[str, Any]]]:
         return self._fetched()[2]
 
-    def over(self, hits: Hits, strategy: str | None = None) -> Found:
+    def over(self, hits: Hits) -> Found:
         """Other hits over the same collection (a fusion of this list with another), documents read from
         the same source when first used."""
         if self._source is None:
             raise ValueError("over(): this Found holds its documents, it has no collection to read from")
-        return Found(hits.ids, hits.scores, self.strategy if strategy is None else strategy, self._source)
+        return Found(hits.ids, hits.scores, self.strategy, self._source)
 
     def __repr__(self) -> str:
         return f"Found(queries={len(self)}, k={self.ids.shape[1]}, strategy={self.strategy!r})"

@@ -402,8 +402,6 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(404, "this server has no collection (start it with `duorank serve DIR`)")
         queries = _texts(body.query, "query", service.limits.max_inputs)
         params = body.model_dump(exclude={"query"})
-        if params["rerank"] is None:
-            params["rerank"] = None
         key = json.dumps(params, sort_keys=True)
         items.labels("search").inc(len(queries))
         done = await _wait(service.searches, key, queries)
