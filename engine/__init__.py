@@ -13,7 +13,7 @@ from .hits import Hits
 from .hnsw import HnswIndex
 from .index import Dtype, ExactIndex
 from .model_folder import ModelError
-from .models import DeviceError, Embedder, Reranker, Scored, Tokens
+from .models import DeviceError, Embedder, PairTokens, Reranker, Scored, Tokens
 from .pipeline import Engine, Hit, IngestReport, Results
 from .shards import search_collections, search_shards
 
@@ -39,6 +39,7 @@ __all__ = [
     "IngestReport",
     "ModelError",
     "ModelMismatchError",
+    "PairTokens",
     "Reranker",
     "Results",
     "Scored",

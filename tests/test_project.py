@@ -293,7 +293,7 @@ LAYERS = [
     {"eval", "demo"},
     {"models_export.train", "models_export.gate", "models_export.distill", "models_export.pseudo"}
     | {f"models_export.train.{m}" for m in ("config", "prepare", "loop", "choose")},
-    {"serve", "serve.batcher", "serve.app"},
+    {"serve", "serve.batcher", "serve.metrics", "serve.app"},
     {"cli", "cli.__main__"}
     | {f"cli.{m}" for m in ("options", "models", "evaluate", "engine", "serve", "datasets")},
 ]

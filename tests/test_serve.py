@@ -119,6 +119,30 @@ def test_rerank_in_cohere_and_tei_shapes_equals_the_library(server):
     assert jina["results"][0]["document"]["text"] == TEXTS[order[0]]
 
 
+def test_timing_headers_and_stage_metrics(server):
+    """Every answer says where its time went (ms), and /metrics holds the same split per stage."""
+    r = _post(server, "/v1/embeddings", {"input": TEXTS[:3]})
+    for h in ("x-queue-time", "x-tokenization-time", "x-inference-time"):
+        assert float(r.headers[h]) >= 0, h
+    assert int(r.headers["x-batch-size"]) >= 3
+    r = _post(server, "/v1/rerank", {"query": "password", "documents": TEXTS})
+    assert float(r.headers["x-tokenization-time"]) >= 0 and float(r.headers["x-inference-time"]) > 0
+    r = _post(server, "/search", {"query": "password", "top_k": 6, "top_n": 2})
+    for h in ("x-queue-time", "x-embed-time", "x-search-time", "x-fetch-time", "x-rerank-time"):
+        assert float(r.headers[h]) >= 0, h
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    for line in (
+        'duorank_stage_seconds_count{batcher="embed",stage="tokenize"}',
+        'duorank_stage_seconds_count{batcher="rerank",stage="inference"}',
+        'duorank_stage_seconds_count{batcher="search",stage="search"}',
+        'duorank_queue_seconds_count{batcher="embed"}',
+        'duorank_batch_items_bucket{batcher="search",le="1.0"}',
+        'duorank_queue_items{batcher="embed"} 0.0',
+        'duorank_dropped_items_total{batcher="embed"} 0.0',
+    ):
+        assert line in text, line
+
+
 def test_tei_embed_and_search_equal_the_library(server, kb, default_embedder):
     got = _post(server, "/embed", {"inputs": TEXTS[:2]}).json()
     np.testing.assert_allclose(np.array(got), default_embedder.encode(TEXTS[:2]), atol=1e-6)
@@ -221,6 +245,53 @@ def test_a_full_queue_answers_429_with_retry_after():
     finally:
         code, err = s.stop()
     assert code == 0, err
+
+
+def _metric(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))
+
+
+def test_a_client_that_disconnects_takes_its_queued_work_with_it():
+    """Clients that give up while their work is queued behind a long batch: their texts are never
+    embedded (the batcher drops them and counts them), and the server keeps answering the others."""
+    s = Server("--models", "default", "--max-batch", "1")
+    try:
+        long = [f"document {i}: " + "words that take a while to embed " * 30 for i in range(150)]
+
+        async def main() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=s.url, timeout=120) as patient:
+                first = asyncio.ensure_future(patient.post("/embed", json={"inputs": long, "truncate": True}))
+                await asyncio.sleep(0.3)  # the long batch runs; what follows queues behind it
+
+                async def impatient(i: int) -> None:
+                    async with httpx.AsyncClient(base_url=s.url, timeout=0.3) as c:
+                        with pytest.raises(httpx.TimeoutException):
+                            await c.post("/embed", json={"inputs": f"short text {i}"})
+
+                await asyncio.gather(*(impatient(i) for i in range(20)))
+                return await first
+
+        assert asyncio.run(main()).status_code == 200
+        assert _metric(s, 'duorank_dropped_items_total{batcher="embed"}') == 20
+        assert _metric(s, 'duorank_batch_items_count{batcher="embed"}') == 1  # the long one alone
+        assert _metric(s, 'duorank_requests_total{route="/embed",status="499"}') == 20
+        assert httpx.post(f"{s.url}/embed", json={"inputs": "still here"}).status_code == 200
+    finally:
+        code, err = s.stop()
+    assert code == 0, err
+
+
+def test_sigterm_drains_health_503_while_requests_are_still_answered():
+    s = Server("--models", "default", "--drain", "3")
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    health = httpx.get(f"{s.url}/health")
+    assert health.status_code == 503 and health.json() == {"status": "draining"}
+    assert httpx.post(f"{s.url}/embed", json={"inputs": "one more"}).status_code == 200
+    _, err = s.proc.communicate(timeout=60)
+    assert s.proc.returncode == 0, err
+    assert "draining" in err
 
 
 def test_writable_server_adds_and_deletes(tmp_path, default_embedder):

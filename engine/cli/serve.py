@@ -42,6 +42,14 @@ def add(sub: Any) -> None:
     sv.add_argument("--max-documents", type=int, default=1000, help="documents per rerank request")
     sv.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
     sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    sv.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="on SIGTERM, answer 503 at /health but keep serving for S seconds before closing "
+        "(a load balancer's time to notice; default: 0)",
+    )
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -70,5 +78,6 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         limits=limits,
         threads=args.threads,
         grace_s=args.grace,
+        drain_s=args.drain,
     )
     return 0

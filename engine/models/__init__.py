@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .embedder import Embedder, Tokens
 from .registry import known_names, list_models, resolve
-from .reranker import RerankDefaults, Reranker, Scored
+from .reranker import PairTokens, RerankDefaults, Reranker, Scored
 from .runtime import DEFAULT_BATCH_TOKENS, DEFAULT_THREADS, DeviceError, OnnxModel, open_session
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "DeviceError",
     "Embedder",
     "OnnxModel",
+    "PairTokens",
     "RerankDefaults",
     "Reranker",
     "Scored",

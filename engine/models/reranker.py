@@ -37,6 +37,20 @@ class Scored:
 
 
 @dataclass(frozen=True, slots=True)
+class PairTokens:
+    """(query, text) pairs as the reranker's tokenizer cut them (`Reranker.tokenize`), ready for
+    `Reranker.score_groups`: one encoding per pair (its overflowing windows attached), texts per group,
+    and which groups' queries were cut at max_query_tokens."""
+
+    encodings: list[Any]  # tokenizers.Encoding per pair, groups one after the other
+    sizes: tuple[int, ...]  # pairs per group
+    query_cut: NDArray[np.bool_]  # (groups,)
+
+    def __len__(self) -> int:
+        return len(self.encodings)
+
+
+@dataclass(frozen=True, slots=True)
 class RerankDefaults:
     """A reranker's blend weight (1.0: the reranker alone) and rerank depth (None: all of top_k);
     `adaptive`: the weight is scaled per list by `duorank.rerank.adaptive_weight` (recorded as
@@ -151,11 +165,10 @@ class Reranker(OnnxModel):
         check_texts(texts)
         return self.score_groups([(query, texts)], progress=progress)[0].scores
 
-    def score_groups(
-        self, groups: Sequence[tuple[str, Sequence[str]]], *, progress: bool | None = None
-    ) -> list[Scored]:
-        """The batched form: per (query, texts) group its `Scored` (scores, windows per pair, pairs cut), all
-        pairs of all groups batched together by token budget."""
+    def tokenize(self, groups: Sequence[tuple[str, Sequence[str]]]) -> PairTokens:
+        """The pairs of every (query, texts) group tokenised as the model reads them (queries cut at
+        max_query_tokens, documents in windows or truncated): the first half of `score_groups`, for a caller
+        that times or reuses it."""
         if isinstance(groups, (str, bytes)) or not len(groups):
             raise ValueError("groups must be a non-empty list of (query, texts) pairs")
         queries, docs = [], []
@@ -169,10 +182,22 @@ class Reranker(OnnxModel):
             docs.append(check_texts(texts, f"groups[{g}] texts", allow_empty=True))
         cut_queries, q_cut = self._cap_queries(queries)
         pairs = [(cut_queries[g], d) for g, texts in enumerate(docs) for d in texts]
-        encodings = self._pair_tok.encode_batch(pairs)
+        return PairTokens(self._pair_tok.encode_batch(pairs), tuple(len(d) for d in docs), q_cut)
+
+    def score_groups(
+        self,
+        groups: Sequence[tuple[str, Sequence[str]]] | PairTokens,
+        *,
+        progress: bool | None = None,
+    ) -> list[Scored]:
+        """The batched form: per (query, texts) group its `Scored` (scores, windows per pair, pairs cut), all
+        pairs of all groups batched together by token budget. `groups` may be tokenised already
+        (`tokenize`)."""
+        tokens = groups if isinstance(groups, PairTokens) else self.tokenize(groups)
+        encodings, q_cut = tokens.encodings, tokens.query_cut
         windows: list[Any] = []
         owner: list[int] = []
-        n_windows = np.ones(len(pairs), dtype=np.int64)
+        n_windows = np.ones(len(encodings), dtype=np.int64)
         for p, e in enumerate(encodings):
             windows.append(e)
             owner.append(p)
@@ -183,8 +208,8 @@ class Reranker(OnnxModel):
         raw = np.empty(len(windows), dtype=np.float32)
         for rows, feeds in self._batches(windows, progress, "reranking"):
             raw[rows] = self._activate(self._run(feeds))
-        pair_scores = _aggregate(raw, np.asarray(owner, dtype=np.int64), len(pairs), self.aggregate)
-        group_of_pair = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+        pair_scores = _aggregate(raw, np.asarray(owner, dtype=np.int64), len(encodings), self.aggregate)
+        group_of_pair = np.repeat(np.arange(len(tokens.sizes)), tokens.sizes)
         doc_cut = np.fromiter(
             (bool(e.overflowing) and self.long_documents == "truncate" for e in encodings),
             np.bool_,
@@ -195,14 +220,14 @@ class Reranker(OnnxModel):
             log.warning(
                 "%d of %d (query, text) pairs were cut at %d tokens",
                 int(truncated.sum()),
-                len(pairs),
+                len(encodings),
                 self.max_length,
             )
         out, start = [], 0
-        for d in docs:
-            sl = slice(start, start + len(d))
+        for size in tokens.sizes:
+            sl = slice(start, start + size)
             out.append(Scored(pair_scores[sl], n_windows[sl], truncated[sl]))
-            start += len(d)
+            start += size
         return out
 
     def _cap_queries(self, queries: list[str]) -> tuple[list[str], NDArray[np.bool_]]:

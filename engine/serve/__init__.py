@@ -1,8 +1,9 @@
 """`duorank serve`: the engine as an HTTP service (the `[server]` extra: FastAPI, uvicorn, prometheus-client).
 
-Rooms: `batcher` (merging the work of concurrent requests, bounded queues), `app` (routes, shapes, limits,
-the API key). `serve(...)` loads the models, builds the app and runs uvicorn until SIGTERM / Ctrl-C
-(in-flight requests finish first).
+Rooms: `batcher` (merging the work of concurrent requests, bounded queues), `metrics` (Prometheus), `app`
+(routes, shapes, limits, the API key). `serve(...)` loads the models, builds the app and runs uvicorn until
+SIGTERM / Ctrl-C: /health turns 503 at once, the server keeps answering for `drain_s` seconds (a load
+balancer's time to notice), then stops accepting and finishes in-flight requests within `grace_s`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 log = logging.getLogger("duorank.serve")
@@ -26,6 +28,7 @@ def serve(
     limits: Any = None,
     threads: int | None = None,
     grace_s: float = 30.0,
+    drain_s: float = 0.0,
 ) -> None:
     """Serve an engine folder (with the models it records), or `models` ("EMBEDDER[,RERANKER]") alone."""
     from duorank.models_export.deps import require
@@ -68,8 +71,18 @@ def serve(
         timeout_graceful_shutdown=max(1, int(grace_s)),
         access_log=False,
     )
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if service.draining or drain_s <= 0:
+                service.draining = True
+                return super().handle_exit(sig, frame)
+            service.draining = True
+            log.warning("draining: /health answers 503; stopping in %.1f s", drain_s)
+            threading.Timer(drain_s, super().handle_exit, (sig, frame)).start()
+
     # uvicorn drains on SIGTERM (no new connections, in-flight requests finish), then raises the signal
     # again under the handler it found: this one, so that a drained server exits 0
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.Server(config).run()
+    Server(config).run()
     log.warning("stopped")

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .batcher import Batcher, Full
+from .batcher import Batcher, Done, Full
+from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("duorank.serve")
 
@@ -134,17 +135,27 @@ class Service:
         if self.embedder is None:
             raise ValueError("a server needs an engine folder or an embedder")
         self.writable, self.limits = writable, limits
-        self.ready = False
+        self.ready = False  # warm: /health answers 200
+        self.draining = False  # stopping: /health answers 503 while in-flight work finishes
         self.state = threading.Lock()  # a write and a search batch never overlap
+        self.metrics = Metrics()
         kw = {"max_batch": limits.max_batch, "max_items": limits.max_queue}
-        self.embeds = Batcher("embed", self._embed, **kw)
+        self.embeds = Batcher("embed", self._embed, on_batch=self.metrics.on_batch("embed"), **kw)
         self.reranks = Batcher(
             "rerank",
             self._rerank,
             max_batch=max(limits.max_batch, limits.max_documents),
             max_items=max(limits.max_queue, limits.max_documents),
+            on_batch=self.metrics.on_batch("rerank"),
         )
-        self.searches = Batcher("search", self._search, **kw) if engine is not None else None
+        self.searches = (
+            Batcher("search", self._search, on_batch=self.metrics.on_batch("search"), **kw)
+            if engine is not None
+            else None
+        )
+        for b in (self.embeds, self.reranks, self.searches):
+            if b is not None:
+                self.metrics.batcher(b)
 
     def warmup(self) -> dict[str, float]:
         t = time.perf_counter()
@@ -165,29 +176,37 @@ class Service:
         if self.engine is not None:
             self.engine.close()
 
-    # the batches (worker threads)
-    def _embed(self, key: Hashable, texts: list[str]) -> list[tuple[np.ndarray, int, bool]]:
+    # the batches (worker threads): each returns its results and the seconds of each stage
+    def _embed(self, key: Hashable, texts: list[str]) -> tuple[list[Any], dict[str, float]]:
         kind, normalize = key if isinstance(key, tuple) else ("document", True)
+        t0 = time.perf_counter()
         tokens = self.embedder.tokenize(texts, kind=kind)
+        t1 = time.perf_counter()
         vecs = self.embedder.encode(tokens, normalize=normalize)
-        return list(zip(vecs, tokens.lengths.tolist(), tokens.truncated.tolist()))
+        stages = {"tokenize": t1 - t0, "inference": time.perf_counter() - t1}
+        return list(zip(vecs, tokens.lengths.tolist(), tokens.truncated.tolist())), stages
 
-    def _rerank(self, key: Hashable, items: list[tuple[str, str]]) -> list[float]:
+    def _rerank(self, key: Hashable, items: list[tuple[str, str]]) -> tuple[list[float], dict[str, float]]:
         groups: dict[str, list[int]] = {}
         for i, (q, _) in enumerate(items):
             groups.setdefault(q, []).append(i)
-        scored = self.reranker.score_groups([(q, [items[i][1] for i in idx]) for q, idx in groups.items()])
+        t0 = time.perf_counter()
+        pairs = self.reranker.tokenize([(q, [items[i][1] for i in idx]) for q, idx in groups.items()])
+        t1 = time.perf_counter()
+        scored = self.reranker.score_groups(pairs)
+        stages = {"tokenize": t1 - t0, "inference": time.perf_counter() - t1}
         out = [0.0] * len(items)
         for idx, s in zip(groups.values(), scored):
             for i, v in zip(idx, s.scores.tolist()):
                 out[i] = float(v)
-        return out
+        return out, stages
 
-    def _search(self, key: Hashable, queries: list[str]) -> list[Any]:
+    def _search(self, key: Hashable, queries: list[str]) -> tuple[list[Any], dict[str, float]]:
         params = json.loads(key)  # type: ignore[arg-type]
         with self.state:
             res = self.engine.search(queries, **params)
-        return [(res, i) for i in range(len(queries))]
+        stages = {k: v / 1e3 for k, v in res.timings.items() if k != "total"}
+        return [(res, i) for i in range(len(queries))], stages
 
     def info(self) -> dict[str, Any]:
         from duorank.machine import versions
@@ -215,20 +234,47 @@ class Service:
         return out
 
 
-async def _wait(batcher: Batcher, key: Hashable, items: Sequence[Any]) -> list[Any]:
-    """Queue the items and wait; a caller that goes away (cancelled) takes its queued work with it."""
+async def _wait(batcher: Batcher, key: Hashable, items: Sequence[Any], request: Request) -> Done:
+    """Queue the items and wait for their batch. A client that disconnects before its batch starts takes
+    its queued work with it (the batcher drops it; 499 is logged, nobody reads it)."""
     try:
         future = batcher.submit(key, items)
     except Full as e:
         raise ApiError(429, f"busy: {e}; retry shortly", kind="rate_limit_error") from e
     wrapped = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        return await wrapped
+        await asyncio.wait((wrapped, gone), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         future.cancel()
         raise
+    finally:
+        gone.cancel()
+    if not wrapped.done():
+        future.cancel()
+        raise ApiError(499, "the client closed the connection before its answer")
+    try:
+        return wrapped.result()
     except ValueError as e:  # the library's precise error for a bad value
         raise ApiError(400, str(e)) from e
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read: the next ASGI message is
+    the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+_HEADERS = {"tokenize": "x-tokenization-time", "inference": "x-inference-time"}
+
+
+def _timing(response: Response, done: Done) -> None:
+    """The timing headers (ms): the queue wait, then each stage of the batch the request ran in."""
+    response.headers["x-queue-time"] = f"{done.queue_s * 1e3:.3f}"
+    for stage, seconds in done.stages.items():
+        response.headers[_HEADERS.get(stage, f"x-{stage}-time")] = f"{seconds * 1e3:.3f}"
+    response.headers["x-batch-size"] = str(done.batch)
 
 
 def _texts(value: str | list[str], name: str, limit: int) -> list[str]:
@@ -244,17 +290,10 @@ def create_app(service: Service) -> FastAPI:
     """The FastAPI application over `service` (its OpenAPI document at /openapi.json, /docs)."""
     from contextlib import asynccontextmanager
 
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
     from starlette.concurrency import run_in_threadpool
 
-    registry = CollectorRegistry()
-    requests = Counter(
-        "duorank_requests", "requests by route and status", ["route", "status"], registry=registry
-    )
-    latency = Histogram("duorank_request_seconds", "request latency by route", ["route"], registry=registry)
-    items = Counter(
-        "duorank_items", "texts embedded, pairs reranked, queries searched", ["stage"], registry=registry
-    )
+    metrics = service.metrics
+    items = metrics.items
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -288,32 +327,26 @@ def create_app(service: Service) -> FastAPI:
         msg = f"{param or 'body'}: {first.get('msg', 'invalid')}"
         return JSONResponse(error_body(msg, "invalid_request_error", param), 422)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "other")
-        requests.labels(name, str(response.status_code)).inc()
-        latency.labels(name).observe(time.perf_counter() - t)
-        return response
+    app.add_middleware(Measured, metrics=metrics)
 
     async def embed(
-        texts: list[str], kind: str, normalize: bool = True
+        request: Request, response: Response, texts: list[str], kind: str, normalize: bool = True
     ) -> list[tuple[np.ndarray, int, bool]]:
         items.labels("embed").inc(len(texts))
-        return await _wait(service.embeds, (kind, normalize), texts)
+        done = await _wait(service.embeds, (kind, normalize), texts, request)
+        _timing(response, done)
+        return done.results
 
     @app.post("/v1/embeddings")
     @app.post("/embeddings", include_in_schema=False)
-    async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingsRequest, request: Request, response: Response) -> dict[str, Any]:
         """OpenAI's embeddings: base64 is the raw little-endian float32 bytes of each vector."""
         texts = _texts(body.input, "input", service.limits.max_inputs)
         if body.dimensions is not None and body.dimensions != service.embedder.dim:
             raise ApiError(
                 400, f"dimensions {body.dimensions}: this model gives {service.embedder.dim}", "dimensions"
             )
-        done = await embed(texts, body.input_type)
+        done = await embed(request, response, texts, body.input_type)
         data = []
         for i, (v, _, _) in enumerate(done):
             vec: Any = (
@@ -331,10 +364,10 @@ def create_app(service: Service) -> FastAPI:
         }
 
     @app.post("/embed")
-    async def tei_embed(body: EmbedRequest) -> list[list[float]]:
+    async def tei_embed(body: EmbedRequest, request: Request, response: Response) -> list[list[float]]:
         """TEI's embed: a list of vectors; truncate=false refuses texts longer than the model reads (413)."""
         texts = _texts(body.inputs, "inputs", service.limits.max_inputs)
-        done = await embed(texts, "document", body.normalize)
+        done = await embed(request, response, texts, "document", body.normalize)
         cut = [i for i, (_, _, t) in enumerate(done) if t]
         if cut and not body.truncate:
             raise ApiError(
@@ -348,7 +381,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/rerank", response_model=None)
     @app.post("/v2/rerank", include_in_schema=False, response_model=None)
     @app.post("/rerank", include_in_schema=False, response_model=None)
-    async def rerank(body: RerankRequest) -> Any:
+    async def rerank(body: RerankRequest, request: Request, response: Response) -> Any:
         """Cohere / Jina rerank (`documents`), or TEI's (`texts`: a bare list of {index, score, text?}).
         Best first; `relevance_score` is the reranker's own score."""
         if service.reranker is None:
@@ -368,7 +401,9 @@ def create_app(service: Service) -> FastAPI:
                 "documents",
             )
         items.labels("rerank").inc(len(docs))
-        scores = np.asarray(await _wait(service.reranks, "pairs", [(body.query, d) for d in docs]))
+        done = await _wait(service.reranks, "pairs", [(body.query, d) for d in docs], request)
+        _timing(response, done)
+        scores = np.asarray(done.results)
         order = np.lexsort((np.arange(len(docs)), -scores))[: body.top_n or len(docs)]
         if tei:
             return [
@@ -395,7 +430,7 @@ def create_app(service: Service) -> FastAPI:
         }
 
     @app.post("/search")
-    async def search(body: SearchRequest) -> dict[str, Any]:
+    async def search(body: SearchRequest, request: Request, response: Response) -> dict[str, Any]:
         """duorank's search with the Engine's defaults; the answer is `Results.to_dict()`. Queries of
         concurrent requests with equal settings run as one batch (its timings are the batch's)."""
         if service.searches is None:
@@ -404,10 +439,11 @@ def create_app(service: Service) -> FastAPI:
         params = body.model_dump(exclude={"query"})
         key = json.dumps(params, sort_keys=True)
         items.labels("search").inc(len(queries))
-        done = await _wait(service.searches, key, queries)
-        res = done[0][0]
+        done = await _wait(service.searches, key, queries, request)
+        _timing(response, done)
+        res = done.results[0][0]
         out = res.to_dict()
-        out["queries"] = [out["queries"][i] for _, i in done]
+        out["queries"] = [out["queries"][i] for _, i in done.results]
         return out  # type: ignore[no-any-return]
 
     def _writable() -> Any:
@@ -449,16 +485,18 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        ok = service.ready
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+        """200 once warm; 503 while starting or draining (a load balancer stops sending work here)."""
+        if service.ready and not service.draining:
+            return JSONResponse({"status": "ok"}, 200)
+        return JSONResponse({"status": "draining" if service.draining else "starting"}, 503)
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
         return service.info()
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    async def prometheus() -> Response:
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     return app
 
@@ -467,6 +505,31 @@ def _version() -> str:
     from duorank import __version__
 
     return __version__
+
+
+class Measured:
+    """ASGI middleware: every answer counted by route and status, with its latency (pure ASGI: no
+    per-request task or body copy, unlike an `@app.middleware("http")` function)."""
+
+    def __init__(self, app: Any, *, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t, status = time.perf_counter(), 500
+
+        async def sent(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.request(route, status, time.perf_counter() - t)
 
 
 class Guard:

@@ -3,10 +3,11 @@ whatever is queued as one batch (no fixed wait: while a batch runs the queue fil
 what is there, up to its budget).
 
 A job is a list of items with a key; only jobs of equal keys share a batch (an embedding's side, a
-search's parameters). The worker calls `run(key, items)` with the items of all jobs of the batch and
-hands each job its share of the results, in order. The queue holds at most `max_items` items: beyond it
-`submit` raises `Full` at once (a server answers 429). A job whose caller gave up (its future cancelled)
-before its batch starts is dropped.
+search's parameters). The worker calls `run(key, items) -> (results, stages)` with the items of all jobs
+of the batch (`stages`: seconds per named stage of that batch, e.g. tokenize and inference) and hands each
+job a `Done`: its share of the results, in order, with the time it waited and the batch's stages. The
+queue holds at most `max_items` items: beyond it `submit` raises `Full` at once (a server answers 429). A
+job whose caller gave up (its future cancelled) before its batch starts is dropped and counted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,37 +28,58 @@ class Full(Exception):
     """The queue holds `max_items` items already: try again later."""
 
 
+@dataclass(frozen=True)
+class Done:
+    """One job's answer: its results (one per item), the seconds it waited in the queue, and the seconds
+    per stage of the batch it ran in, with that batch's size in items."""
+
+    results: list[Any]
+    queue_s: float
+    stages: dict[str, float]
+    batch: int
+
+
+Run = Callable[[Hashable, list[Any]], tuple[Sequence[Any], dict[str, float]]]
+OnBatch = Callable[[int, dict[str, float], list[float]], None]  # items, stages, each job's wait
+
+
 @dataclass
 class _Job:
     key: Hashable
     items: Sequence[Any]
-    future: Future[list[Any]] = field(default_factory=Future)
+    future: Future[Done] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
-    """One queue and one worker thread around `run(key, items) -> results` (one result per item)."""
+    """One queue and one worker thread around `run(key, items) -> (results, stages)` (one result per
+    item); `on_batch(items, stages, waits)` is called after each batch that ran (a server's metrics), with
+    the seconds each of its jobs waited."""
 
     def __init__(
         self,
         name: str,
-        run: Callable[[Hashable, list[Any]], Sequence[Any]],
+        run: Run,
         *,
         max_batch: int,
         max_items: int,
+        on_batch: OnBatch | None = None,
     ) -> None:
         if max_batch < 1 or max_items < 1:
             raise ValueError(f"max_batch {max_batch} and max_items {max_items} must be >= 1")
         self.name, self.run, self.max_batch, self.max_items = name, run, max_batch, max_items
+        self.on_batch = on_batch
         self.queued = 0  # items waiting
         self.batches = 0  # batches run
+        self.dropped = 0  # items of jobs whose caller gave up before their batch started
         self._jobs: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=f"duorank-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, key: Hashable, items: Sequence[Any]) -> Future[list[Any]]:
-        """Queue one job; its future gets the job's results (a list, one per item) or the batch's error."""
+    def submit(self, key: Hashable, items: Sequence[Any]) -> Future[Done]:
+        """Queue one job; its future gets the job's `Done` or the batch's error."""
         job = _Job(key, list(items))
         with self._cond:
             if self._closed:
@@ -98,11 +121,18 @@ class Batcher:
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            live = []
+            for j in batch:
+                if j.future.set_running_or_notify_cancel():
+                    live.append(j)
+                else:
+                    self.dropped += len(j.items)
             if not live:
                 continue
+            started = time.perf_counter()
+            waits = [started - j.queued_at for j in live]
             try:
-                results = self._run(live)
+                results, stages = self._run(live, waits)
             except Exception:
                 if len(live) == 1:
                     self._fail(live)
@@ -110,22 +140,27 @@ class Batcher:
                 # one job's bad input must not fail the others: each job alone, each with its own answer
                 for j in live:
                     try:
-                        j.future.set_result(self._run([j]))
+                        alone, stages = self._run([j], [started - j.queued_at])
+                        j.future.set_result(Done(alone, started - j.queued_at, stages, len(j.items)))
                     except Exception:
                         self._fail([j])
                 continue
-            start = 0
+            n, start = len(results), 0
             for j in live:
-                j.future.set_result(results[start : start + len(j.items)])
+                share = results[start : start + len(j.items)]
+                j.future.set_result(Done(share, started - j.queued_at, stages, n))
                 start += len(j.items)
 
-    def _run(self, jobs: list[_Job]) -> list[Any]:
+    def _run(self, jobs: list[_Job], waits: list[float]) -> tuple[list[Any], dict[str, float]]:
         items = [x for j in jobs for x in j.items]
-        results = list(self.run(jobs[0].key, items))
+        got, stages = self.run(jobs[0].key, items)
+        results = list(got)
         self.batches += 1
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
-        return results
+        if self.on_batch is not None:
+            self.on_batch(len(items), stages, waits)
+        return results, stages
 
     @staticmethod
     def _fail(jobs: list[_Job]) -> None:
