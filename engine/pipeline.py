@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,19 @@ class Hit:
     # not reranked (rerank=None, or it lay below rerank_depth)
     rerank_score: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The hit as JSON-ready fields (its metadata dict is shared, not copied)."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "score": self.score,
+            "recall_score": self.recall_score,
+            "recall_rank": self.recall_rank,
+            "metadata": self.metadata,
+            "parent": self.parent,
+            "rerank_score": self.rerank_score,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Results:
@@ -74,10 +87,13 @@ class Results:
     def __getitem__(self, i: int) -> list[Hit]:
         return self.hits[i]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, queries: Sequence[int] | None = None) -> dict[str, Any]:
+        """JSON-ready: per query (all, or those at the indices `queries`) its hits, then the batch's
+        timings, recall, rerank, strategy and cut counts."""
+        picked = range(len(self.queries)) if queries is None else queries
         return {
             "queries": [
-                {"query": q, "hits": [asdict(h) for h in hits]} for q, hits in zip(self.queries, self.hits)
+                {"query": self.queries[i], "hits": [h.to_dict() for h in self.hits[i]]} for i in picked
             ],
             "timings_ms": self.timings,
             "recall": self.recall,

@@ -15,6 +15,7 @@ _EXTRA = {
     "fastapi": "server",
     "uvicorn": "server",
     "prometheus_client": "server",
+    "orjson": "server",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -233,6 +234,8 @@ def test_cross_rerank_plumbing(tmp_path, default_embedder):
     with Engine.open(tmp_path / "c") as eng:  # the reranker recorded at create comes back
         assert eng.reranker is not None and eng.search("cats", top_k=5, top_n=2).rerank == "cross"
     assert json.loads(json.dumps(res.to_dict()))["queries"][0]["query"] == "cats and dogs"
+    assert res.to_dict([1])["queries"] == res.to_dict()["queries"][1:2]
+    assert all(h.to_dict() == dataclasses.asdict(h) for hits in res.hits for h in hits)  # every field
 
 
 def test_recorded_blend_and_depth_per_recall(tmp_path, default_embedder):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -269,12 +270,22 @@ async def _disconnected(request: Request) -> None:
 _HEADERS = {"tokenize": "x-tokenization-time", "inference": "x-inference-time"}
 
 
-def _timing(response: Response, done: Done) -> None:
-    """The timing headers (ms): the queue wait, then each stage of the batch the request ran in."""
-    response.headers["x-queue-time"] = f"{done.queue_s * 1e3:.3f}"
+class Json(Response):
+    """A JSON answer written by orjson (numpy arrays as lists, ~10x json's speed on float vectors)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _answer(content: Any, done: Done) -> Json:
+    """`content` as JSON with the timing headers (ms): the queue wait, each stage of the batch the
+    request ran in, and that batch's size."""
+    headers = {"x-queue-time": f"{done.queue_s * 1e3:.3f}", "x-batch-size": str(done.batch)}
     for stage, seconds in done.stages.items():
-        response.headers[_HEADERS.get(stage, f"x-{stage}-time")] = f"{seconds * 1e3:.3f}"
-    response.headers["x-batch-size"] = str(done.batch)
+        headers[_HEADERS.get(stage, f"x-{stage}-time")] = f"{seconds * 1e3:.3f}"
+    return Json(content, headers=headers)
 
 
 def _texts(value: str | list[str], name: str, limit: int) -> list[str]:
@@ -329,46 +340,40 @@ def create_app(service: Service) -> FastAPI:
 
     app.add_middleware(Measured, metrics=metrics)
 
-    async def embed(
-        request: Request, response: Response, texts: list[str], kind: str, normalize: bool = True
-    ) -> list[tuple[np.ndarray, int, bool]]:
+    async def embed(request: Request, texts: list[str], kind: str, normalize: bool = True) -> Done:
         items.labels("embed").inc(len(texts))
-        done = await _wait(service.embeds, (kind, normalize), texts, request)
-        _timing(response, done)
-        return done.results
+        return await _wait(service.embeds, (kind, normalize), texts, request)
 
-    @app.post("/v1/embeddings")
-    @app.post("/embeddings", include_in_schema=False)
-    async def embeddings(body: EmbeddingsRequest, request: Request, response: Response) -> dict[str, Any]:
+    @app.post("/v1/embeddings", response_model=None)
+    @app.post("/embeddings", include_in_schema=False, response_model=None)
+    async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         """OpenAI's embeddings: base64 is the raw little-endian float32 bytes of each vector."""
         texts = _texts(body.input, "input", service.limits.max_inputs)
         if body.dimensions is not None and body.dimensions != service.embedder.dim:
             raise ApiError(
                 400, f"dimensions {body.dimensions}: this model gives {service.embedder.dim}", "dimensions"
             )
-        done = await embed(request, response, texts, body.input_type)
+        done = await embed(request, texts, body.input_type)
         data = []
-        for i, (v, _, _) in enumerate(done):
-            vec: Any = (
-                base64.b64encode(v.astype("<f4").tobytes()).decode()
-                if body.encoding_format == "base64"
-                else v.tolist()
-            )
+        b64 = body.encoding_format == "base64"
+        for i, (v, _, _) in enumerate(done.results):
+            vec: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if b64 else v
             data.append({"object": "embedding", "embedding": vec, "index": i})
-        tokens = sum(n for _, n, _ in done)
-        return {
+        tokens = sum(n for _, n, _ in done.results)
+        content = {
             "object": "list",
             "data": data,
             "model": service.embedder.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+        return _answer(content, done)
 
-    @app.post("/embed")
-    async def tei_embed(body: EmbedRequest, request: Request, response: Response) -> list[list[float]]:
+    @app.post("/embed", response_model=None)
+    async def tei_embed(body: EmbedRequest, request: Request) -> Response:
         """TEI's embed: a list of vectors; truncate=false refuses texts longer than the model reads (413)."""
         texts = _texts(body.inputs, "inputs", service.limits.max_inputs)
-        done = await embed(request, response, texts, "document", body.normalize)
-        cut = [i for i, (_, _, t) in enumerate(done) if t]
+        done = await embed(request, texts, "document", body.normalize)
+        cut = [i for i, (_, _, t) in enumerate(done.results) if t]
         if cut and not body.truncate:
             raise ApiError(
                 413,
@@ -376,12 +381,12 @@ def create_app(service: Service) -> FastAPI:
                 "send truncate=true to embed their first tokens",
                 "inputs",
             )
-        return [v.tolist() for v, _, _ in done]
+        return _answer([v for v, _, _ in done.results], done)
 
     @app.post("/v1/rerank", response_model=None)
     @app.post("/v2/rerank", include_in_schema=False, response_model=None)
     @app.post("/rerank", include_in_schema=False, response_model=None)
-    async def rerank(body: RerankRequest, request: Request, response: Response) -> Any:
+    async def rerank(body: RerankRequest, request: Request) -> Response:
         """Cohere / Jina rerank (`documents`), or TEI's (`texts`: a bare list of {index, score, text?}).
         Best first; `relevance_score` is the reranker's own score."""
         if service.reranker is None:
@@ -402,11 +407,10 @@ def create_app(service: Service) -> FastAPI:
             )
         items.labels("rerank").inc(len(docs))
         done = await _wait(service.reranks, "pairs", [(body.query, d) for d in docs], request)
-        _timing(response, done)
         scores = np.asarray(done.results)
         order = np.lexsort((np.arange(len(docs)), -scores))[: body.top_n or len(docs)]
         if tei:
-            return [
+            tei_results = [
                 {
                     "index": int(i),
                     "score": float(scores[i]),
@@ -414,6 +418,7 @@ def create_app(service: Service) -> FastAPI:
                 }
                 for i in order
             ]
+            return _answer(tei_results, done)
         results = [
             {
                 "index": int(i),
@@ -422,15 +427,16 @@ def create_app(service: Service) -> FastAPI:
             }
             for i in order
         ]
-        return {
+        content = {
             "id": f"rerank-{time.time_ns()}",
             "results": results,
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
             "usage": {"documents": len(docs)},
         }
+        return _answer(content, done)
 
-    @app.post("/search")
-    async def search(body: SearchRequest, request: Request, response: Response) -> dict[str, Any]:
+    @app.post("/search", response_model=None)
+    async def search(body: SearchRequest, request: Request) -> Response:
         """duorank's search with the Engine's defaults; the answer is `Results.to_dict()`. Queries of
         concurrent requests with equal settings run as one batch (its timings are the batch's)."""
         if service.searches is None:
@@ -440,11 +446,8 @@ def create_app(service: Service) -> FastAPI:
         key = json.dumps(params, sort_keys=True)
         items.labels("search").inc(len(queries))
         done = await _wait(service.searches, key, queries, request)
-        _timing(response, done)
         res = done.results[0][0]
-        out = res.to_dict()
-        out["queries"] = [out["queries"][i] for _, i in done.results]
-        return out  # type: ignore[no-any-return]
+        return _answer(res.to_dict([i for _, i in done.results]), done)
 
     def _writable() -> Any:
         if service.engine is None:

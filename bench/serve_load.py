@@ -1,0 +1,427 @@
+"""`duorank serve` under load, side by side in one run with infinity and with the in-process library.
+
+Closed loop (wrk, C, one thread: each of C connections sends its next request when the last is answered),
+10 s per cell after a 2 s warm-up, at concurrency 1, 8, 32 and 128, for:
+- `/v1/embeddings`, one short text per request (SciFact queries, a different one each request), and 32;
+- `/v1/rerank`, 1 query x 20 passages (SciFact abstracts);
+- `/search` on a 100k-chunk engine folder: dense exact without rerank, and hybrid with the default rerank.
+Peers: infinity (`infinity_emb v2`, torch engine, serving the default embedder's own weights, when its
+command is given with --infinity) on the embeddings rows; the in-process library: `Embedder.encode` of the
+same texts in batches (texts/s) and `Engine.search` one query at a time (p50), the server's overhead.
+Then an open loop (httpx + uvloop, requests sent on a fixed schedule whatever the answers) against a fresh
+server with --max-queue 256, on the one-text embeddings: 60 s at 80% of the measured capacity, 60 s at
+2x, and a soak at half capacity with the server's resident memory sampled every 5 s.
+
+    python bench/serve_load.py --infinity /path/to/venv/bin/infinity_emb      # ~25 min
+    python bench/serve_load.py --seconds 2 --rate-seconds 10 --soak 20        # a smoke run, ~4 min
+
+Needs the [server] extra, wrk (Debian's package) and ../shared/data/scifact. The table prints to stdout
+and is saved to bench/results/serve.json. The 100k chunks are SciFact's, repeated; their vectors are
+synthetic embedding-like rows (search cost depends on the count, not on the content).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import SHARED_DATA, embedding_like  # noqa: E402
+
+CONCURRENCY = [1, 8, 32, 128]
+THREADS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server process on a free loopback port, ready once its /health answers 200."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, port: int = 0) -> None:
+        import httpx
+
+        self.name, self.port = name, port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            argv, stdout=self.log, stderr=self.log, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{name} exited: {self.log.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} did not become ready in 300 s")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+_LUA = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('\\nRESULT {"requests": %%d, "us": %%d, "p50": %%d, "p99": %%d, "non2xx": %%d, '
+    .. '"errors": %%d}\\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def wrk(url: str, path: str, bodies: list[Any], connections: int, seconds: float) -> dict[str, float]:
+    """requests/s, p50 / p99 ms, failures of `connections` closed-loop clients for `seconds`."""
+    lua = _LUA % (", ".join(f"[==[{json.dumps(b)}]==]" for b in bodies), path)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    try:
+        argv = ["wrk", "-t1", f"-c{connections}", "--timeout", "30s", "-s", f.name, url]
+        subprocess.run([*argv[:2], *argv[2:], "-d2s"], capture_output=True, check=True)  # warm-up
+        out = subprocess.run(
+            [*argv, f"-d{max(1, round(seconds))}s"], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    r = json.loads(out.split("RESULT ", 1)[1])
+    return {
+        "rps": r["requests"] / (r["us"] / 1e6),
+        "p50_ms": r["p50"] / 1e3,
+        "p99_ms": r["p99"] / 1e3,
+        "failed": r["non2xx"] + r["errors"],
+    }
+
+
+async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    n = int(rate * seconds)
+    codes: list[int] = []
+    ok_ms: list[float] = []
+    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            t = time.perf_counter()
+            try:
+                r = await client.post(url, json=bodies[i % len(bodies)])
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    ok_ms.append(1e3 * (time.perf_counter() - t))
+            except httpx.HTTPError:
+                codes.append(0)
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        sent_s = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+    c = np.array(codes)
+    return {
+        "offered_rps": rate,
+        "sent_rps": n / sent_s,
+        "ok": int((c == 200).sum()),
+        "429": int((c == 429).sum()),
+        "5xx": int((c >= 500).sum()),
+        "failed": int(((c != 200) & (c != 429)).sum()),
+        "p50_ms": float(np.percentile(ok_ms, 50)) if ok_ms else None,
+        "p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else None,
+    }
+
+
+def open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -> dict[str, Any]:
+    """Requests sent on a fixed schedule (`rate` per second, whatever the answers), with their outcome."""
+    try:
+        import uvloop
+
+        return uvloop.run(_open_loop(url, bodies, rate, seconds))  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.run(_open_loop(url, bodies, rate, seconds))
+
+
+def _scifact() -> tuple[list[str], list[str]]:
+    folder = SHARED_DATA / "scifact"
+    if not folder.is_dir():
+        sys.exit(f"serve_load: SciFact not found at {folder}")
+    docs = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
+    queries = [json.loads(line)["text"] for line in open(folder / "queries.jsonl", encoding="utf-8")]
+    return [d["title"] + ". " + d["text"] for d in docs], queries
+
+
+def build_kb(folder: Path, abstracts: list[str], n: int) -> None:
+    """An engine folder of n chunks (SciFact's, repeated) with synthetic vectors, default models, BM25."""
+    from duorank import Engine
+
+    chunks = []
+    for a in abstracts:
+        sentences = a.split(". ")
+        chunks += [". ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
+    texts = [chunks[i % len(chunks)] for i in range(n)]
+    vectors = embedding_like(np.random.default_rng(0), n, 384, clusters=500, latent=64)
+    with Engine.create(folder, "default", "default") as eng:
+        eng.collection.add(vectors, texts)
+        eng.collection.save()
+
+
+def in_process(kb: Path, texts: list[str], queries: list[str]) -> dict[str, float]:
+    """The library alone, in this process, with the server's threads: batched encode texts/s (batches of
+    256, the server's --max-batch) and Engine.search p50 / p99 one query at a time, no rerank."""
+    from duorank import Engine
+
+    out: dict[str, float] = {}
+    with Engine.open(kb, threads=THREADS) as eng:
+        eng.warmup()
+        emb = eng.embedder
+        emb.encode(texts[:256])
+        t = time.perf_counter()
+        for i in range(0, len(texts), 256):
+            emb.encode(texts[i : i + 256])
+        out["encode_texts_per_s"] = len(texts) / (time.perf_counter() - t)
+        ts = []
+        for q in queries[:200]:
+            t = time.perf_counter()
+            eng.search(q, top_k=50, top_n=5, rerank=None)
+            ts.append(time.perf_counter() - t)
+        out["search_p50_ms"] = float(np.percentile(ts, 50) * 1e3)
+        out["search_p99_ms"] = float(np.percentile(ts, 99) * 1e3)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--infinity", metavar="CMD", help="infinity_emb's command (a venv of its own)")
+    ap.add_argument("--seconds", type=float, default=10, help="seconds per closed-loop cell (default: 10)")
+    ap.add_argument("--rate-seconds", type=float, default=60, help="seconds per open-loop rate (default: 60)")
+    ap.add_argument("--soak", type=float, default=600, help="soak seconds at half capacity (default: 600)")
+    ap.add_argument("--chunks", type=int, default=100_000, help="chunks in the collection (default: 100k)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("serve_load: needs wrk (apt-get install wrk)")
+    from duorank import machine
+    from duorank.models_export.builtin import weights_folder
+
+    info = machine.describe()
+    print(f"machine: {machine.summary(info)}", flush=True)
+    abstracts, queries = _scifact()
+    one = [{"input": q, "model": "default"} for q in queries[:500]]
+    many = [{"input": queries[i : i + 32], "model": "default"} for i in range(0, 32 * 20, 32)]
+    rerank = [
+        {"query": queries[i], "documents": abstracts[20 * i : 20 * i + 20], "top_n": 5} for i in range(50)
+    ]
+    exact = [{"query": q, "top_k": 50, "top_n": 5, "rerank": None} for q in queries[:500]]
+    hybrid = [{"query": q, "top_k": 50, "top_n": 5, "recall": "hybrid"} for q in queries[:500]]
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"machine": info, "rows": rows}
+
+    def cell(system: str, workload: str, url: str, path: str, bodies: list[Any]) -> None:
+        for c in CONCURRENCY:
+            r = {
+                "system": system,
+                "workload": workload,
+                "concurrency": c,
+                **wrk(url, path, bodies, c, args.seconds),
+            }
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kb = Path(tmp) / "kb"
+        t = time.perf_counter()
+        build_kb(kb, abstracts, args.chunks)
+        print(f"built {args.chunks} chunks in {time.perf_counter() - t:.0f} s", flush=True)
+        result["in_process"] = lib = in_process(kb, queries[:1024], queries)
+        print(json.dumps(lib), flush=True)
+
+        duo = Server("duorank", [sys.executable, "-m", "duorank.cli", "serve", str(kb), "--port", "{port}"])
+        try:
+            cell("duorank", "embeddings x1", duo.url, "/v1/embeddings", one)
+            cell("duorank", "embeddings x32", duo.url, "/v1/embeddings", many)
+            cell("duorank", "rerank 1x20", duo.url, "/v1/rerank", rerank)
+            cell("duorank", "search exact 100k", duo.url, "/search", exact)
+            cell("duorank", "search hybrid+rerank 100k", duo.url, "/search", hybrid)
+        finally:
+            duo.stop()
+
+        if args.infinity:
+            folder = weights_folder("default")[0]
+            inf = Server(
+                "infinity",
+                [
+                    args.infinity,
+                    "v2",
+                    "--model-id",
+                    str(folder),
+                    "--engine",
+                    "torch",
+                    "--device",
+                    "cpu",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ],
+                env={"HF_HUB_OFFLINE": "1"},
+            )
+            name = "/".join(folder.parts[-2:])
+            try:
+                cell("infinity", "embeddings x1", inf.url, "/embeddings", [{**b, "model": name} for b in one])
+                cell(
+                    "infinity", "embeddings x32", inf.url, "/embeddings", [{**b, "model": name} for b in many]
+                )
+            finally:
+                inf.stop()
+
+        capacity = max(
+            r["rps"] for r in rows if r["system"] == "duorank" and r["workload"] == "embeddings x1"
+        )
+        duo = Server(
+            "duorank",
+            [
+                sys.executable,
+                "-m",
+                "duorank.cli",
+                "serve",
+                "--models",
+                "default",
+                "--port",
+                "{port}",
+                "--max-queue",
+                "256",
+            ],
+        )
+        try:
+            url = f"{duo.url}/v1/embeddings"
+            result["rates"] = []
+            for share in (0.8, 2.0):
+                r = {"share": share, **open_loop(url, one, share * capacity, args.rate_seconds)}
+                result["rates"].append(r)
+                print(json.dumps(r), flush=True)
+            rss: list[tuple[float, float]] = []
+
+            async def sample(stop: asyncio.Event) -> None:
+                start = time.perf_counter()
+                while not stop.is_set():
+                    rss.append((time.perf_counter() - start, duo.rss_mb()))
+                    await asyncio.sleep(5)
+
+            async def soak() -> dict[str, Any]:
+                stop = asyncio.Event()
+                sampler = asyncio.ensure_future(sample(stop))
+                got = await _open_loop(url, one, 0.5 * capacity, args.soak)
+                stop.set()
+                await sampler
+                return got
+
+            r = {"share": 0.5, "seconds": args.soak, **asyncio.run(soak())}
+            after_1min = [m for s, m in rss if s >= min(60, args.soak / 2)]
+            r["rss_mb_at_1min"], r["rss_mb_end"] = after_1min[0], rss[-1][1]
+            r["rss_growth_pct"] = 100 * (rss[-1][1] / after_1min[0] - 1)
+            result["soak"] = r
+            print(json.dumps(r), flush=True)
+        finally:
+            duo.stop()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(table(result))
+    return 0
+
+
+def table(result: dict[str, Any]) -> str:
+    rows, lib = result["rows"], result["in_process"]
+    by = {(r["system"], r["workload"], r["concurrency"]): r for r in rows}
+    lines = ["| workload | system | " + " | ".join(f"c={c}: req/s, p50 / p99 ms" for c in CONCURRENCY) + " |"]
+    lines.append("|---|---|" + "---|" * len(CONCURRENCY))
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        for system in ("duorank", "infinity"):
+            if (system, workload, 1) not in by:
+                continue
+            cells = []
+            for c in CONCURRENCY:
+                r = by[(system, workload, c)]
+                failed = f", {r['failed']} failed" if r["failed"] else ""
+                cells.append(f"{r['rps']:,.0f}, {r['p50_ms']:.1f} / {r['p99_ms']:.1f}{failed}")
+            lines.append(f"| {workload} | {system} | " + " | ".join(cells) + " |")
+    out = ["\n".join(lines), ""]
+    one32 = by[("duorank", "embeddings x1", 32)]["rps"]
+    if ("infinity", "embeddings x1", 32) in by:
+        out.append(
+            "embeddings x1 at c=32: duorank / infinity = "
+            f"{one32 / by[('infinity', 'embeddings x1', 32)]['rps']:.2f}x"
+        )
+    out.append(
+        f"embeddings x1 at c=32: {one32:,.0f} texts/s = "
+        f"{100 * one32 / lib['encode_texts_per_s']:.0f}% of the "
+        f"in-process batched encode ({lib['encode_texts_per_s']:,.0f} texts/s)"
+    )
+    s1 = by[("duorank", "search exact 100k", 1)]
+    out.append(
+        f"search exact 100k at c=1: server p50 {s1['p50_ms']:.2f} ms vs Engine.search in process "
+        f"{lib['search_p50_ms']:.2f} ms: overhead {s1['p50_ms'] - lib['search_p50_ms']:.2f} ms"
+    )
+    s32 = by[("duorank", "search exact 100k", 32)]
+    out.append(f"search exact 100k: c=32 / c=1 queries/s = {s32['rps'] / s1['rps']:.1f}x")
+    for r in result.get("rates", []):
+        out.append(
+            f"open loop at {r['share']:.0%} of capacity ({r['offered_rps']:,.0f}/s offered, "
+            f"{r['sent_rps']:,.0f}/s sent): {r['ok']} ok, {r['429']} 429, {r['5xx']} 5xx, "
+            f"{r['failed']} failed; accepted p50 "
+            f"{r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms"
+        )
+    if "soak" in result:
+        r = result["soak"]
+        out.append(
+            f"soak {r['seconds']:.0f} s at 50%: {r['ok']} ok, {r['failed']} failed; "
+            f"RSS {r['rss_mb_at_1min']:.0f} MB at 1 min -> {r['rss_mb_end']:.0f} MB at the end "
+            f"({r['rss_growth_pct']:+.1f}%)"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
