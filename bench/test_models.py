@@ -1,4 +1,5 @@
-"""Model runtime: duorank Embedder / Reranker vs sentence-transformers (PyTorch) and naive onnxruntime.
+"""Model runtime: duorank Embedder / Reranker vs sentence-transformers (PyTorch), fastembed and naive
+onnxruntime.
 
 Same run, same texts: 2,000 SciFact texts of mixed length (a third titles, a third first sentences, a
 third title + abstract; ../shared/data), all-MiniLM-L6-v2. Measured with 1 and 2 intra-op threads (torch
@@ -7,6 +8,10 @@ gets the same thread count). Run:
     python -m pytest bench/test_models.py --benchmark-disable-gc -p no:cacheprovider -q
     DUORANK_BENCH_TEXTS=500 python -m pytest bench/test_models.py ...   # a quicker, smaller run
 
+fastembed (`pip install fastembed`; skipped without it) runs the same ONNX file from a local folder
+(`specific_model_path`), its tokenizer cut at 256 tokens like sentence-transformers (its default for this
+model reads 512, and its vectors then differ: min cosine 0.82 on SciFact abstracts); the row records its
+min cosine to duorank's vectors.
 Needs the [models] extra; the peers need the [export] extra (skipped without it). The int8 rows run the
 built-in default's int8 variant (made and recorded as gated when `default` is built), or the folder named
 by DUORANK_BENCH_INT8.
@@ -152,6 +157,50 @@ def test_naive_onnxruntime(benchmark, folder, texts, threads):
 
     rate = _docs_per_s(run, len(texts), benchmark)
     _row("models", engine="onnxruntime naive (batch 32, unsorted)", threads=threads, docs_s=rate)
+
+
+def _fastembed_folder(folder: Path, out: Path) -> Path:
+    """The exported model.onnx with the files fastembed reads, its tokenizer's max length set to 256."""
+    import shutil
+
+    src = weights_folder("default")[0]
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(folder / "model.onnx", out / "model.onnx")
+    for name in ("tokenizer.json", "config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / name, out / name)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 256}))
+    return out
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_fastembed(benchmark, folder, texts, threads, tmp_path):
+    """fastembed's TextEmbedding over the same ONNX file (its defaults: spinning onnxruntime threads)."""
+    fastembed = pytest.importorskip("fastembed", reason="fastembed is not installed (pip install fastembed)")
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    name = "duorank-bench/all-MiniLM-L6-v2"
+    if not any(m["model"] == name for m in fastembed.TextEmbedding.list_supported_models()):
+        fastembed.TextEmbedding.add_custom_model(
+            model=name,
+            pooling=PoolingType.MEAN,
+            normalization=True,
+            sources=ModelSource(hf=name),
+            dim=384,
+            model_file="model.onnx",
+        )
+    model = fastembed.TextEmbedding(
+        name, specific_model_path=str(_fastembed_folder(folder, tmp_path / "fe")), threads=threads
+    )
+    ours = Embedder.load(folder, threads=threads).encode(texts[:200])
+    theirs = np.array(list(model.embed(texts[:200])))
+    cosine = float(np.min(np.sum(ours * theirs, axis=1)))
+    rate = _docs_per_s(lambda: list(model.embed(texts)), len(texts), benchmark)
+    p50, p99 = latency(lambda: list(model.embed([QUERY])), 100)
+    p50 = min(p50, latency(lambda: list(model.embed([QUERY])), 100)[0])  # its better round, as duorank's
+    _row(
+        "models", engine="fastembed", threads=threads, docs_s=rate, q_p50_ms=p50, q_p99_ms=p99, cosine=cosine
+    )
 
 
 @pytest.mark.parametrize("threads", THREADS)

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from .options import SPIN_HELP
+
 
 def add(sub: Any) -> None:
     """`duorank serve ...`"""
@@ -41,6 +43,7 @@ def add(sub: Any) -> None:
     sv.add_argument("--max-inputs", type=int, default=2048, help="texts per embedding / search request")
     sv.add_argument("--max-documents", type=int, default=1000, help="documents per rerank request")
     sv.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+    sv.add_argument("--spin", action="store_true", help=SPIN_HELP)
     sv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
     sv.add_argument(
         "--drain",
@@ -77,6 +80,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         writable=args.writable,
         limits=limits,
         threads=args.threads,
+        spin=args.spin,
         grace_s=args.grace,
         drain_s=args.drain,
     )

@@ -27,6 +27,7 @@ def serve(
     writable: bool = False,
     limits: Any = None,
     threads: int | None = None,
+    spin: bool = False,
     grace_s: float = 30.0,
     drain_s: float = 0.0,
 ) -> None:
@@ -38,7 +39,7 @@ def serve(
 
     from .app import Guard, Limits, Service, create_app
 
-    options = {} if threads is None else {"threads": threads}
+    options: dict[str, Any] = {"spin": spin} if threads is None else {"threads": threads, "spin": spin}
     if (folder is None) == (models is None):
         raise ValueError("serve: give an engine folder DIR or --models EMBEDDER[,RERANKER], one of them")
     if folder is not None:
