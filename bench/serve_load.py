@@ -8,7 +8,8 @@ Closed loop (wrk, C, one thread: each of C connections sends its next request wh
 Peers: infinity (`infinity_emb v2`, torch engine, serving the default embedder's own weights, when its
 command is given with --infinity) on the embeddings rows; the in-process library: `Embedder.encode` of the
 same texts in batches (texts/s) and `Engine.search` one query at a time (p50), the server's overhead.
-Then an open loop (httpx + uvloop, requests sent on a fixed schedule whatever the answers) against a fresh
+Then an open loop (plain HTTP/1.1 on asyncio streams + uvloop, requests sent on a fixed schedule whatever
+the answers) against a fresh
 server with --max-queue 256, on the one-text embeddings: 60 s at 80% of the measured capacity, 60 s at
 2x, and a soak at half capacity with the server's resident memory sampled every 5 s.
 
@@ -136,33 +137,62 @@ def wrk(url: str, path: str, bodies: list[Any], connections: int, seconds: float
 
 
 async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -> dict[str, Any]:
-    import httpx
+    """Requests sent on a fixed schedule over keep-alive connections (a new one whenever all are busy):
+    plain HTTP/1.1 on asyncio streams, so that the client costs the 2 cores little (httpx here cost
+    ~1 ms of CPU a request and queued requests on the client's side at 185/s)."""
+    from urllib.parse import urlsplit
 
-    n = int(rate * seconds)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    payloads = []
+    for b in bodies:
+        data = json.dumps(b).encode()
+        head = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
+        payloads.append(head.encode() + data)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     codes: list[int] = []
     ok_ms: list[float] = []
-    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    errors: dict[str, int] = {}
 
-        async def one(i: int) -> None:
-            t = time.perf_counter()
-            try:
-                r = await client.post(url, json=bodies[i % len(bodies)])
-                codes.append(r.status_code)
-                if r.status_code == 200:
-                    ok_ms.append(1e3 * (time.perf_counter() - t))
-            except httpx.HTTPError:
-                codes.append(0)
+    async def exchange(payload: bytes) -> int:
+        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+        writer.write(payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        idle.append((reader, writer))
+        return int(head[9:12])
 
-        start = time.perf_counter()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i)))
-        sent_s = time.perf_counter() - start
-        await asyncio.gather(*tasks)
+    async def one(i: int) -> None:
+        t = time.perf_counter()
+        try:
+            code = await asyncio.wait_for(exchange(payloads[i % len(payloads)]), 30)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, StopIteration, ValueError) as e:
+            code = 0
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+        codes.append(code)
+        if code == 200:
+            ok_ms.append(1e3 * (time.perf_counter() - t))
+
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i)))
+    sent_s = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
     c = np.array(codes)
     return {
         "offered_rps": rate,
@@ -171,6 +201,7 @@ async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -
         "429": int((c == 429).sum()),
         "5xx": int((c >= 500).sum()),
         "failed": int(((c != 200) & (c != 429)).sum()),
+        "errors": errors,
         "p50_ms": float(np.percentile(ok_ms, 50)) if ok_ms else None,
         "p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else None,
     }
@@ -178,12 +209,16 @@ async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -
 
 def open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -> dict[str, Any]:
     """Requests sent on a fixed schedule (`rate` per second, whatever the answers), with their outcome."""
+    return _run(_open_loop(url, bodies, rate, seconds))
+
+
+def _run(coro: Any) -> Any:
     try:
         import uvloop
 
-        return uvloop.run(_open_loop(url, bodies, rate, seconds))  # type: ignore[no-any-return]
+        return uvloop.run(coro)
     except ImportError:
-        return asyncio.run(_open_loop(url, bodies, rate, seconds))
+        return asyncio.run(coro)
 
 
 def _scifact() -> tuple[list[str], list[str]]:
@@ -241,25 +276,50 @@ def main() -> int:
     ap.add_argument("--rate-seconds", type=float, default=60, help="seconds per open-loop rate (default: 60)")
     ap.add_argument("--soak", type=float, default=600, help="soak seconds at half capacity (default: 600)")
     ap.add_argument("--chunks", type=int, default=100_000, help="chunks in the collection (default: 100k)")
+    ap.add_argument(
+        "--capacity",
+        type=float,
+        metavar="RPS",
+        help="skip the closed loop; run the open-loop rates around this capacity (one-text embeddings/s)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("serve_load: needs wrk (apt-get install wrk)")
     from duorank import machine
-    from duorank.models_export.builtin import weights_folder
 
     info = machine.describe()
     print(f"machine: {machine.summary(info)}", flush=True)
     abstracts, queries = _scifact()
     one = [{"input": q, "model": "default"} for q in queries[:500]]
+    result: dict[str, Any] = {"machine": info, "rows": []}
+    if args.capacity is None:
+        closed_loop(args, result, abstracts, queries, one)
+        capacity = max(
+            r["rps"] for r in result["rows"] if r["workload"] == "embeddings x1" and r["system"] == "duorank"
+        )
+    else:
+        capacity = args.capacity
+    open_loop_runs(args, result, capacity, one)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(table(result))
+    return 0
+
+
+def closed_loop(
+    args: argparse.Namespace, result: dict[str, Any], abstracts: list[str], queries: list[str], one: list[Any]
+) -> None:
+    """Every workload at every concurrency against duorank (and infinity's embeddings), and the library
+    in process."""
+    from duorank.models_export.builtin import weights_folder
+
     many = [{"input": queries[i : i + 32], "model": "default"} for i in range(0, 32 * 20, 32)]
     rerank = [
         {"query": queries[i], "documents": abstracts[20 * i : 20 * i + 20], "top_n": 5} for i in range(50)
     ]
     exact = [{"query": q, "top_k": 50, "top_n": 5, "rerank": None} for q in queries[:500]]
     hybrid = [{"query": q, "top_k": 50, "top_n": 5, "recall": "hybrid"} for q in queries[:500]]
-    rows: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"machine": info, "rows": rows}
 
     def cell(system: str, workload: str, url: str, path: str, bodies: list[Any], slow: bool = False) -> None:
         """slow: a workload whose batch at c=128 takes many seconds (cross-encoder reranking) runs 4x as
@@ -272,7 +332,7 @@ def main() -> int:
                 "concurrency": c,
                 **wrk(url, path, bodies, c, seconds),
             }
-            rows.append(r)
+            result["rows"].append(r)
             print(json.dumps(r), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,9 +340,8 @@ def main() -> int:
         t = time.perf_counter()
         build_kb(kb, abstracts, args.chunks)
         print(f"built {args.chunks} chunks in {time.perf_counter() - t:.0f} s", flush=True)
-        result["in_process"] = lib = in_process(kb, queries[:1024], queries)
-        print(json.dumps(lib), flush=True)
-
+        result["in_process"] = in_process(kb, queries[:1024], queries)
+        print(json.dumps(result["in_process"]), flush=True)
         duo = Server("duorank", [sys.executable, "-m", "duorank.cli", "serve", str(kb), "--port", "{port}"])
         try:
             cell("duorank", "embeddings x1", duo.url, "/v1/embeddings", one)
@@ -292,94 +351,63 @@ def main() -> int:
             cell("duorank", "search hybrid+rerank 100k", duo.url, "/search", hybrid, slow=True)
         finally:
             duo.stop()
-
-        if args.infinity:
-            folder = weights_folder("default")[0]
-            inf = Server(
-                "infinity",
-                [
-                    args.infinity,
-                    "v2",
-                    "--model-id",
-                    str(folder),
-                    "--engine",
-                    "torch",
-                    "--device",
-                    "cpu",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "{port}",
-                ],
-                env={"HF_HUB_OFFLINE": "1"},
-            )
-            name = "/".join(folder.parts[-2:])
-            try:
-                cell("infinity", "embeddings x1", inf.url, "/embeddings", [{**b, "model": name} for b in one])
-                cell(
-                    "infinity", "embeddings x32", inf.url, "/embeddings", [{**b, "model": name} for b in many]
-                )
-            finally:
-                inf.stop()
-
-        capacity = max(
-            r["rps"] for r in rows if r["system"] == "duorank" and r["workload"] == "embeddings x1"
+    if args.infinity:
+        folder = weights_folder("default")[0]
+        argv = [args.infinity, "v2", "--model-id", str(folder), "--engine", "torch", "--device", "cpu"]
+        inf = Server(
+            "infinity", [*argv, "--host", "127.0.0.1", "--port", "{port}"], env={"HF_HUB_OFFLINE": "1"}
         )
-        duo = Server(
-            "duorank",
-            [
-                sys.executable,
-                "-m",
-                "duorank.cli",
-                "serve",
-                "--models",
-                "default",
-                "--port",
-                "{port}",
-                "--max-queue",
-                "256",
-            ],
-        )
+        name = "/".join(folder.parts[-2:])  # the model name infinity gives a folder
         try:
-            url = f"{duo.url}/v1/embeddings"
-            result["rates"] = []
-            for share in (0.8, 2.0):
-                r = {"share": share, **open_loop(url, one, share * capacity, args.rate_seconds)}
-                result["rates"].append(r)
-                print(json.dumps(r), flush=True)
-            rss: list[tuple[float, float]] = []
-
-            async def sample(stop: asyncio.Event) -> None:
-                start = time.perf_counter()
-                while not stop.is_set():
-                    rss.append((time.perf_counter() - start, duo.rss_mb()))
-                    await asyncio.sleep(5)
-
-            async def soak() -> dict[str, Any]:
-                stop = asyncio.Event()
-                sampler = asyncio.ensure_future(sample(stop))
-                got = await _open_loop(url, one, 0.5 * capacity, args.soak)
-                stop.set()
-                await sampler
-                return got
-
-            r = {"share": 0.5, "seconds": args.soak, **asyncio.run(soak())}
-            after_1min = [m for s, m in rss if s >= min(60, args.soak / 2)]
-            r["rss_mb_at_1min"], r["rss_mb_end"] = after_1min[0], rss[-1][1]
-            r["rss_growth_pct"] = 100 * (rss[-1][1] / after_1min[0] - 1)
-            result["soak"] = r
-            print(json.dumps(r), flush=True)
+            cell("infinity", "embeddings x1", inf.url, "/embeddings", [{**b, "model": name} for b in one])
+            cell("infinity", "embeddings x32", inf.url, "/embeddings", [{**b, "model": name} for b in many])
         finally:
-            duo.stop()
+            inf.stop()
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    return 0
+
+def open_loop_runs(args: argparse.Namespace, result: dict[str, Any], capacity: float, one: list[Any]) -> None:
+    """One-text embeddings at 80% and 2x of `capacity`, then the soak at half of it, against a server of
+    the models alone with --max-queue 256 (the queue bounds the wait: 256 items at the measured rate)."""
+    argv = [sys.executable, "-m", "duorank.cli", "serve", "--models", "default", "--port", "{port}"]
+    duo = Server("duorank", [*argv, "--max-queue", "256"])
+    result["capacity"] = capacity
+    try:
+        url = f"{duo.url}/v1/embeddings"
+        result["rates"] = []
+        for share in (0.8, 2.0):
+            r = {"share": share, **open_loop(url, one, share * capacity, args.rate_seconds)}
+            result["rates"].append(r)
+            print(json.dumps(r), flush=True)
+        rss: list[tuple[float, float]] = []
+
+        async def sample(stop: asyncio.Event) -> None:
+            start = time.perf_counter()
+            while not stop.is_set():
+                rss.append((time.perf_counter() - start, duo.rss_mb()))
+                await asyncio.sleep(5)
+
+        async def soak() -> dict[str, Any]:
+            stop = asyncio.Event()
+            sampler = asyncio.ensure_future(sample(stop))
+            got = await _open_loop(url, one, 0.5 * capacity, args.soak)
+            stop.set()
+            await sampler
+            return got
+
+        r = {"share": 0.5, "seconds": args.soak, **_run(soak())}
+        after_1min = [m for s, m in rss if s >= min(60, args.soak / 2)]
+        r["rss_mb_at_1min"], r["rss_mb_end"] = after_1min[0], rss[-1][1]
+        r["rss_growth_pct"] = 100 * (rss[-1][1] / after_1min[0] - 1)
+        result["soak"] = r
+        print(json.dumps(r), flush=True)
+    finally:
+        duo.stop()
 
 
 def table(result: dict[str, Any]) -> str:
-    rows, lib = result["rows"], result["in_process"]
+    rows, lib = result["rows"], result.get("in_process")
+    if not rows or lib is None:
+        return "\n".join(_open_lines(result))
     by = {(r["system"], r["workload"], r["concurrency"]): r for r in rows}
     lines = ["| workload | system | " + " | ".join(f"c={c}: req/s, p50 / p99 ms" for c in CONCURRENCY) + " |"]
     lines.append("|---|---|" + "---|" * len(CONCURRENCY))
@@ -412,12 +440,16 @@ def table(result: dict[str, Any]) -> str:
     )
     s32 = by[("duorank", "search exact 100k", 32)]
     out.append(f"search exact 100k: c=32 / c=1 queries/s = {s32['rps'] / s1['rps']:.1f}x")
+    return "\n".join(out + _open_lines(result))
+
+
+def _open_lines(result: dict[str, Any]) -> list[str]:
+    out = [f"capacity (the best one-text embeddings req/s): {result['capacity']:,.0f}"]
     for r in result.get("rates", []):
         out.append(
             f"open loop at {r['share']:.0%} of capacity ({r['offered_rps']:,.0f}/s offered, "
             f"{r['sent_rps']:,.0f}/s sent): {r['ok']} ok, {r['429']} 429, {r['5xx']} 5xx, "
-            f"{r['failed']} failed; accepted p50 "
-            f"{r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms"
+            f"{r['failed']} failed; accepted p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms"
         )
     if "soak" in result:
         r = result["soak"]
@@ -426,7 +458,7 @@ def table(result: dict[str, Any]) -> str:
             f"RSS {r['rss_mb_at_1min']:.0f} MB at 1 min -> {r['rss_mb_end']:.0f} MB at the end "
             f"({r['rss_growth_pct']:+.1f}%)"
         )
-    return "\n".join(out)
+    return out
 
 
 if __name__ == "__main__":

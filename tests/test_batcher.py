@@ -57,12 +57,15 @@ def test_a_bad_job_fails_alone_and_a_full_queue_refuses():
     with pytest.raises(Full, match="at most 3"):
         b.submit("k", [2, 3])
     cancelled = b.submit("k", [5])
-    assert cancelled.cancel()  # its caller went away before the batch started: dropped
+    assert b.queued == 3
+    assert cancelled.cancel()  # its caller went away before the batch started: dropped at once
+    assert b.queued == 2 and b.dropped == 1
+    b.submit("k", [6]).cancel()  # room again for one more
     gate.set()
     assert good.result(10).results == [1]
     with pytest.raises(ValueError, match="negative"):
         bad.result(10)
     b.close()
-    assert b.dropped == 1 and b.queued == 0
+    assert b.dropped == 2 and b.queued == 0
     with pytest.raises(ValueError, match="must be >= 1"):
         Batcher("t", run, max_batch=0, max_items=1)

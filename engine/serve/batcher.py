@@ -43,7 +43,7 @@ Run = Callable[[Hashable, list[Any]], tuple[Sequence[Any], dict[str, float]]]
 OnBatch = Callable[[int, dict[str, float], list[float]], None]  # items, stages, each job's wait
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: removing it from the queue compares identity
 class _Job:
     key: Hashable
     items: Sequence[Any]
@@ -89,7 +89,19 @@ class Batcher:
             self._jobs.append(job)
             self.queued += len(job.items)
             self._cond.notify()
+        job.future.add_done_callback(lambda f: self._forget(job) if f.cancelled() else None)
         return job.future
+
+    def _forget(self, job: _Job) -> None:
+        """A job cancelled while it waits leaves the queue at once: its items no longer count against
+        max_items (clients that time out must not fill the queue for the ones that follow)."""
+        with self._cond:
+            try:
+                self._jobs.remove(job)
+            except ValueError:  # already taken into a batch: the worker counts it as dropped
+                return
+            self.queued -= len(job.items)
+            self.dropped += len(job.items)
 
     def close(self) -> None:
         """Run what is queued, then stop the worker."""
