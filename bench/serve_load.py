@@ -86,6 +86,24 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def wait_idle(self, timeout: float = 300) -> None:
+        """Until duorank's /metrics shows no item queued or running (work a cell left behind, e.g. the
+        batch of clients that timed out, must not slow the next cell)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+            busy = sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith(("duorank_queue_items{", "duorank_running_items{"))
+            )
+            if busy == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} still busy after {timeout} s")
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -158,9 +176,26 @@ async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -
     errors: dict[str, int] = {}
 
     async def exchange(payload: bytes) -> int:
-        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+        reused = bool(idle)
+        reader, writer = idle.pop() if reused else await asyncio.open_connection(host, port)
+        try:
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+            writer.close()
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            # the server closed this keep-alive connection while it sat idle (uvicorn: after 5 s); a
+            # client sends the request again on a new one, as HTTP clients do
+            return await exchange_new(payload)
+        return await finish(reader, writer, head)
+
+    async def exchange_new(payload: bytes) -> int:
+        reader, writer = await asyncio.open_connection(host, port)
         writer.write(payload)
-        head = await reader.readuntil(b"\r\n\r\n")
+        return await finish(reader, writer, await reader.readuntil(b"\r\n\r\n"))
+
+    async def finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> int:
         length = next(
             int(line.split(b":", 1)[1])
             for line in head.split(b"\r\n")
@@ -282,6 +317,7 @@ def main() -> int:
         metavar="RPS",
         help="skip the closed loop; run the open-loop rates around this capacity (one-text embeddings/s)",
     )
+    ap.add_argument("--closed-only", action="store_true", help="the closed loop alone (no rates, no soak)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -300,7 +336,10 @@ def main() -> int:
         )
     else:
         capacity = args.capacity
-    open_loop_runs(args, result, capacity, one)
+    if not args.closed_only:
+        open_loop_runs(args, result, capacity, one)
+    else:
+        result["capacity"] = capacity
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(table(result))
@@ -321,11 +360,13 @@ def closed_loop(
     exact = [{"query": q, "top_k": 50, "top_n": 5, "rerank": None} for q in queries[:500]]
     hybrid = [{"query": q, "top_k": 50, "top_n": 5, "recall": "hybrid"} for q in queries[:500]]
 
-    def cell(system: str, workload: str, url: str, path: str, bodies: list[Any], slow: bool = False) -> None:
+    def cell(server: Server, workload: str, path: str, bodies: list[Any], slow: bool = False) -> None:
         """slow: a workload whose batch at c=128 takes many seconds (cross-encoder reranking) runs 4x as
         long, so that each cell holds several batches."""
-        seconds = args.seconds * (4 if slow else 1)
+        seconds, system, url = args.seconds * (4 if slow else 1), server.name, server.url
         for c in CONCURRENCY:
+            if system == "duorank":
+                server.wait_idle()
             r = {
                 "system": system,
                 "workload": workload,
@@ -344,11 +385,11 @@ def closed_loop(
         print(json.dumps(result["in_process"]), flush=True)
         duo = Server("duorank", [sys.executable, "-m", "duorank.cli", "serve", str(kb), "--port", "{port}"])
         try:
-            cell("duorank", "embeddings x1", duo.url, "/v1/embeddings", one)
-            cell("duorank", "embeddings x32", duo.url, "/v1/embeddings", many)
-            cell("duorank", "rerank 1x20", duo.url, "/v1/rerank", rerank, slow=True)
-            cell("duorank", "search exact 100k", duo.url, "/search", exact)
-            cell("duorank", "search hybrid+rerank 100k", duo.url, "/search", hybrid, slow=True)
+            cell(duo, "embeddings x1", "/v1/embeddings", one)
+            cell(duo, "embeddings x32", "/v1/embeddings", many)
+            cell(duo, "search exact 100k", "/search", exact)
+            cell(duo, "rerank 1x20", "/v1/rerank", rerank, slow=True)
+            cell(duo, "search hybrid+rerank 100k", "/search", hybrid, slow=True)
         finally:
             duo.stop()
     if args.infinity:
@@ -359,8 +400,8 @@ def closed_loop(
         )
         name = "/".join(folder.parts[-2:])  # the model name infinity gives a folder
         try:
-            cell("infinity", "embeddings x1", inf.url, "/embeddings", [{**b, "model": name} for b in one])
-            cell("infinity", "embeddings x32", inf.url, "/embeddings", [{**b, "model": name} for b in many])
+            cell(inf, "embeddings x1", "/embeddings", [{**b, "model": name} for b in one])
+            cell(inf, "embeddings x32", "/embeddings", [{**b, "model": name} for b in many])
         finally:
             inf.stop()
 
@@ -395,7 +436,7 @@ def open_loop_runs(args: argparse.Namespace, result: dict[str, Any], capacity: f
             return got
 
         r = {"share": 0.5, "seconds": args.soak, **_run(soak())}
-        after_1min = [m for s, m in rss if s >= min(60, args.soak / 2)]
+        after_1min = [m for s, m in rss if s >= min(60, args.soak / 2)] or [rss[-1][1]]
         r["rss_mb_at_1min"], r["rss_mb_end"] = after_1min[0], rss[-1][1]
         r["rss_growth_pct"] = 100 * (rss[-1][1] / after_1min[0] - 1)
         result["soak"] = r

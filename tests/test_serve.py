@@ -138,6 +138,7 @@ def test_timing_headers_and_stage_metrics(server):
         'duorank_queue_seconds_count{batcher="embed"}',
         'duorank_batch_items_bucket{batcher="search",le="1.0"}',
         'duorank_queue_items{batcher="embed"} 0.0',
+        'duorank_running_items{batcher="search"} 0.0',
         'duorank_dropped_items_total{batcher="embed"} 0.0',
     ):
         assert line in text, line

@@ -70,6 +70,7 @@ class Batcher:
         self.name, self.run, self.max_batch, self.max_items = name, run, max_batch, max_items
         self.on_batch = on_batch
         self.queued = 0  # items waiting
+        self.running = 0  # items of the batch running now
         self.batches = 0  # batches run
         self.dropped = 0  # items of jobs whose caller gave up before their batch started
         self._jobs: collections.deque[_Job] = collections.deque()
@@ -142,11 +143,13 @@ class Batcher:
             if not live:
                 continue
             started = time.perf_counter()
+            self.running = sum(len(j.items) for j in live)
             waits = [started - j.queued_at for j in live]
             try:
                 results, stages = self._run(live, waits)
             except Exception:
                 if len(live) == 1:
+                    self.running = 0
                     self._fail(live)
                     continue
                 # one job's bad input must not fail the others: each job alone, each with its own answer
@@ -156,7 +159,9 @@ class Batcher:
                         j.future.set_result(Done(alone, started - j.queued_at, stages, len(j.items)))
                     except Exception:
                         self._fail([j])
+                self.running = 0
                 continue
+            self.running = 0
             n, start = len(results), 0
             for j in live:
                 share = results[start : start + len(j.items)]

@@ -1,6 +1,7 @@
 """The server's Prometheus metrics (prometheus-client), in one registry of its own: requests by route and
 status, latency per route, the seconds each stage of a batch took, how long work waited, items per batch,
-and, read from the batchers at scrape time, items queued and items dropped (their caller went away)."""
+and, read from the batchers at scrape time, items queued, items of the batch running and items dropped
+(their caller went away)."""
 
 from __future__ import annotations
 
@@ -72,11 +73,16 @@ class _Queues(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queued = GaugeMetricFamily("duorank_queue_items", "items waiting per batcher", labels=["batcher"])
+        running = GaugeMetricFamily(
+            "duorank_running_items", "items of the batch running now, per batcher", labels=["batcher"]
+        )
         dropped = CounterMetricFamily(
             "duorank_dropped_items", "queued items dropped: their caller went away", labels=["batcher"]
         )
         for b in self.batchers:
             queued.add_metric([b.name], b.queued)
+            running.add_metric([b.name], b.running)
             dropped.add_metric([b.name], b.dropped)
         yield queued
+        yield running
         yield dropped
