@@ -19,6 +19,15 @@ TABLES: dict[str, Callable[[list[dict[str, Any]]], str]] = {}
 OUT = Path(__file__).parent / "results"
 
 
+def scifact_texts(folder: Path) -> tuple[list[str], list[str]] | None:
+    """SciFact's abstracts ("title. text") and queries from `folder`, or None where it is absent."""
+    if not folder.is_dir():
+        return None
+    docs = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
+    queries = [json.loads(line)["text"] for line in open(folder / "queries.jsonl", encoding="utf-8")]
+    return [d["title"] + ". " + d["text"] for d in docs], queries
+
+
 def record(table: str, row: dict[str, Any]) -> None:
     RESULTS.setdefault(table, []).append(row)
 

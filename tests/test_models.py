@@ -416,6 +416,10 @@ def test_score_and_the_batched_form(reranker):
     np.testing.assert_allclose(many[0].scores, scores, atol=1e-6)
     np.testing.assert_allclose(many[1].scores, reranker.score("other query", ["only one"]), atol=1e-6)
     assert [s.windows.tolist() for s in many[:2]] == [[1, 1, 1, 1], [1]] and many[0].n_truncated == 0
+    tokens = reranker.tokenize(groups)  # tokenised apart (a server times it), scored the same
+    assert len(tokens) == 5 and tokens.sizes == (4, 1, 0) and not tokens.query_cut.any()
+    for a, b in zip(reranker.score_groups(tokens), many):
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_reranker_errors(reranker, reranker_folder):
