@@ -28,6 +28,21 @@ def scifact_texts(folder: Path) -> tuple[list[str], list[str]] | None:
     return [d["title"] + ". " + d["text"] for d in docs], queries
 
 
+def chunk_corpus(abstracts: list[str], n: int) -> tuple[list[str], Any]:
+    """n chunks of about three sentences cut from `abstracts` (repeated to n), and n synthetic
+    embedding-like unit vectors for them (fixed seed): search cost depends on the count, not the content."""
+    import numpy as np  # here, not at the top: nothing may load before OMP_WAIT_POLICY is set
+
+    from tests.conftest import embedding_like
+
+    chunks = []
+    for a in abstracts:
+        sentences = a.split(". ")
+        chunks += [". ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
+    texts = [chunks[i % len(chunks)] for i in range(n)]
+    return texts, embedding_like(np.random.default_rng(0), n, 384, clusters=500, latent=64)
+
+
 def record(table: str, row: dict[str, Any]) -> None:
     RESULTS.setdefault(table, []).append(row)
 

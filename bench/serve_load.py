@@ -43,11 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 _OMP = os.environ.get("OMP_WAIT_POLICY")
-from bench.conftest import scifact_texts  # noqa: E402
+from bench.conftest import chunk_corpus, scifact_texts  # noqa: E402
 
 if _OMP is None:  # bench/conftest.py sets passive OpenMP waiting for FAISS; infinity's torch keeps its own
     os.environ.pop("OMP_WAIT_POLICY", None)
-from tests.conftest import SHARED_DATA, embedding_like  # noqa: E402
+from tests.conftest import SHARED_DATA  # noqa: E402
 
 CONCURRENCY = [1, 8, 32, 128]
 THREADS = 2
@@ -141,7 +141,7 @@ def wrk(url: str, path: str, bodies: list[Any], connections: int, seconds: float
         f.write(lua)
     try:
         argv = ["wrk", "-t1", f"-c{connections}", "--timeout", "30s", "-s", f.name, url]
-        subprocess.run([*argv[:2], *argv[2:], "-d2s"], capture_output=True, check=True)  # warm-up
+        subprocess.run([*argv, "-d2s"], capture_output=True, check=True)  # warm-up
         out = subprocess.run(
             [*argv, f"-d{max(1, round(seconds))}s"], capture_output=True, text=True, check=True
         ).stdout
@@ -272,12 +272,7 @@ def build_kb(folder: Path, abstracts: list[str], n: int) -> None:
     """An engine folder of n chunks (SciFact's, repeated) with synthetic vectors, default models, BM25."""
     from duorank import Engine
 
-    chunks = []
-    for a in abstracts:
-        sentences = a.split(". ")
-        chunks += [". ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
-    texts = [chunks[i % len(chunks)] for i in range(n)]
-    vectors = embedding_like(np.random.default_rng(0), n, 384, clusters=500, latent=64)
+    texts, vectors = chunk_corpus(abstracts, n)
     with Engine.create(folder, "default", "default") as eng:
         eng.collection.add(vectors, texts)
         eng.collection.save()

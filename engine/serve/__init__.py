@@ -75,10 +75,9 @@ def serve(
 
     class Server(uvicorn.Server):  # type: ignore[misc]
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if service.draining or drain_s <= 0:
-                service.draining = True
+            again, service.draining = service.draining, True  # /health answers 503 from now on
+            if again or drain_s <= 0:  # a second signal stops at once
                 return super().handle_exit(sig, frame)
-            service.draining = True
             log.warning("draining: /health answers 503; stopping in %.1f s", drain_s)
             threading.Timer(drain_s, super().handle_exit, (sig, frame)).start()
 

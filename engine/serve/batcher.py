@@ -142,31 +142,34 @@ class Batcher:
                     self.dropped += len(j.items)
             if not live:
                 continue
-            started = time.perf_counter()
             self.running = sum(len(j.items) for j in live)
-            waits = [started - j.queued_at for j in live]
             try:
-                results, stages = self._run(live, waits)
-            except Exception:
-                if len(live) == 1:
-                    self.running = 0
-                    self._fail(live)
-                    continue
-                # one job's bad input must not fail the others: each job alone, each with its own answer
-                for j in live:
-                    try:
-                        alone, stages = self._run([j], [started - j.queued_at])
-                        j.future.set_result(Done(alone, started - j.queued_at, stages, len(j.items)))
-                    except Exception:
-                        self._fail([j])
+                self._answer(live)
+            finally:
                 self.running = 0
-                continue
-            self.running = 0
-            n, start = len(results), 0
-            for j in live:
-                share = results[start : start + len(j.items)]
-                j.future.set_result(Done(share, started - j.queued_at, stages, n))
-                start += len(j.items)
+
+    def _answer(self, live: list[_Job]) -> None:
+        """Run one batch and settle each job's future."""
+        started = time.perf_counter()
+        waits = [started - j.queued_at for j in live]
+        try:
+            results, stages = self._run(live, waits)
+        except Exception:
+            if len(live) == 1:
+                self._fail(live)
+                return
+            # one job's bad input must not fail the others: each job alone, each with its own answer
+            for j, wait in zip(live, waits):
+                try:
+                    alone, stages = self._run([j], [wait])
+                    j.future.set_result(Done(alone, wait, stages, len(j.items)))
+                except Exception:
+                    self._fail([j])
+            return
+        n, start = len(results), 0
+        for j, wait in zip(live, waits):
+            j.future.set_result(Done(results[start : start + len(j.items)], wait, stages, n))
+            start += len(j.items)
 
     def _run(self, jobs: list[_Job], waits: list[float]) -> tuple[list[Any], dict[str, float]]:
         items = [x for j in jobs for x in j.items]
