@@ -9,9 +9,9 @@ Peers: infinity (`infinity_emb v2`, torch engine, serving the default embedder's
 command is given with --infinity) on the embeddings rows; the in-process library: `Embedder.encode` of the
 same texts in batches (texts/s) and `Engine.search` one query at a time (p50), the server's overhead.
 Then an open loop (plain HTTP/1.1 on asyncio streams + uvloop, requests sent on a fixed schedule whatever
-the answers) against a fresh
-server with --max-queue 256, on the one-text embeddings: 60 s at 80% of the measured capacity, 60 s at
-2x, and a soak at half capacity with the server's resident memory sampled every 5 s.
+the answers) against a fresh server with --max-queue 256, on the one-text embeddings: 60 s at 2x the
+closed loop's best rate (its answered rate is the capacity under this client), 60 s at 80% of that, and a
+soak at half of it with the server's resident memory sampled every 5 s.
 
     python bench/serve_load.py --infinity /path/to/venv/bin/infinity_emb      # ~25 min
     python bench/serve_load.py --seconds 2 --rate-seconds 10 --soak 20        # a smoke run, ~4 min
@@ -231,6 +231,7 @@ async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -
         tasks.append(asyncio.ensure_future(one(i)))
     sent_s = time.perf_counter() - start
     await asyncio.gather(*tasks)
+    elapsed_s = time.perf_counter() - start
     for _, writer in idle:
         writer.close()
     c = np.array(codes)
@@ -238,6 +239,7 @@ async def _open_loop(url: str, bodies: list[Any], rate: float, seconds: float) -
         "offered_rps": rate,
         "sent_rps": n / sent_s,
         "ok": int((c == 200).sum()),
+        "ok_rps": int((c == 200).sum()) / elapsed_s,  # answered per second, until the last answer
         "429": int((c == 429).sum()),
         "5xx": int((c >= 500).sum()),
         "failed": int(((c != 200) & (c != 429)).sum()),
@@ -278,28 +280,48 @@ def build_kb(folder: Path, abstracts: list[str], n: int) -> None:
         eng.collection.save()
 
 
-def in_process(kb: Path, texts: list[str], queries: list[str]) -> dict[str, float]:
-    """The library alone, in this process, with the server's threads: batched encode texts/s (batches of
-    256, the server's --max-batch) and Engine.search p50 / p99 one query at a time, no rerank."""
+def in_process(kb: Path, texts: list[str]) -> dict[str, float]:
+    """The library alone, in this process, with the server's threads: batched encode texts/s at batches of
+    256 (the server's --max-batch) and of 32 (the most a batch can hold at c=32 with one text a request)."""
     from duorank import Engine
 
     out: dict[str, float] = {}
     with Engine.open(kb, threads=THREADS) as eng:
         eng.warmup()
         emb = eng.embedder
-        emb.encode(texts[:256])
-        t = time.perf_counter()
-        for i in range(0, len(texts), 256):
-            emb.encode(texts[i : i + 256])
-        out["encode_texts_per_s"] = len(texts) / (time.perf_counter() - t)
-        ts = []
-        for q in queries[:200]:
+        for batch in (256, 32):
+            emb.encode(texts[:batch])
             t = time.perf_counter()
-            eng.search(q, top_k=50, top_n=5, rerank=None)
-            ts.append(time.perf_counter() - t)
-        out["search_p50_ms"] = float(np.percentile(ts, 50) * 1e3)
-        out["search_p99_ms"] = float(np.percentile(ts, 99) * 1e3)
+            for i in range(0, len(texts), batch):
+                emb.encode(texts[i : i + batch])
+            out[f"encode_texts_per_s_b{batch}"] = len(texts) / (time.perf_counter() - t)
     return out
+
+
+def overhead(kb: Path, server: Server, queries: list[str], rounds: int = 3) -> dict[str, Any]:
+    """The server's overhead at c=1 on `/search` (dense exact, no rerank): `Engine.search` in this process
+    and wrk -c1 against the idle server, on the same 200 queries, alternating `rounds` times (the machine's
+    state drifts over minutes; a difference of two figures taken apart measures the drift)."""
+    from duorank import Engine
+
+    bodies = [{"query": q, "top_k": 50, "top_n": 5, "rerank": None} for q in queries]
+    lib, http = [], []
+    with Engine.open(kb, threads=THREADS) as eng:
+        eng.warmup()
+        for _ in range(rounds):
+            ts = []
+            for q in queries:
+                t = time.perf_counter()
+                eng.search(q, top_k=50, top_n=5, rerank=None)
+                ts.append(time.perf_counter() - t)
+            lib.append(float(np.percentile(ts, 50) * 1e3))
+            server.wait_idle()
+            http.append(wrk(server.url, "/search", bodies, 1, 5)["p50_ms"])
+    return {
+        "in_process_p50_ms": lib,
+        "server_p50_ms": http,
+        "overhead_ms": float(np.median([h - s for h, s in zip(http, lib)])),
+    }
 
 
 def main() -> int:
@@ -379,13 +401,15 @@ def closed_loop(
         t = time.perf_counter()
         build_kb(kb, abstracts, args.chunks)
         print(f"built {args.chunks} chunks in {time.perf_counter() - t:.0f} s", flush=True)
-        result["in_process"] = in_process(kb, queries[:1024], queries)
+        result["in_process"] = in_process(kb, queries[:1024])
         print(json.dumps(result["in_process"]), flush=True)
         duo = Server("duorank", [sys.executable, "-m", "duorank.cli", "serve", str(kb), "--port", "{port}"])
         try:
             cell(duo, "embeddings x1", "/v1/embeddings", one)
             cell(duo, "embeddings x32", "/v1/embeddings", many)
             cell(duo, "search exact 100k", "/search", exact)
+            result["overhead"] = overhead(kb, duo, queries[:200])
+            print(json.dumps(result["overhead"]), flush=True)
             cell(duo, "rerank 1x20", "/v1/rerank", rerank, slow=True)
             cell(duo, "search hybrid+rerank 100k", "/search", hybrid, slow=True)
         finally:
@@ -405,18 +429,23 @@ def closed_loop(
 
 
 def open_loop_runs(args: argparse.Namespace, result: dict[str, Any], capacity: float, one: list[Any]) -> None:
-    """One-text embeddings at 80% and 2x of `capacity`, then the soak at half of it, against a server of
-    the models alone with --max-queue 256 (the queue bounds the wait: 256 items at the measured rate)."""
+    """One-text embeddings against a server of the models alone with --max-queue 256 (the queue bounds
+    the wait: 256 items at the measured rate): first at 2x of `capacity` (the closed loop's best), whose
+    answered rate is the capacity under this client (it shares the 2 cores with the server and costs more
+    CPU per request than wrk); then 80% of that capacity, then the soak at half of it."""
     argv = [sys.executable, "-m", "duorank.cli", "serve", "--models", "default", "--port", "{port}"]
     duo = Server("duorank", [*argv, "--max-queue", "256"])
     result["capacity"] = capacity
     try:
         url = f"{duo.url}/v1/embeddings"
-        result["rates"] = []
-        for share in (0.8, 2.0):
-            r = {"share": share, **open_loop(url, one, share * capacity, args.rate_seconds)}
-            result["rates"].append(r)
-            print(json.dumps(r), flush=True)
+        over = {"share": 2.0, **open_loop(url, one, 2 * capacity, args.rate_seconds)}
+        print(json.dumps(over), flush=True)
+        capacity = result["open_capacity"] = over["ok_rps"]
+        duo.wait_idle()
+        under = {"share": 0.8, **open_loop(url, one, 0.8 * capacity, args.rate_seconds)}
+        print(json.dumps(under), flush=True)
+        result["rates"] = [under, over]
+        duo.wait_idle()
         rss: list[tuple[float, float]] = []
 
         async def sample(stop: asyncio.Event) -> None:
@@ -467,26 +496,33 @@ def table(result: dict[str, Any]) -> str:
             "embeddings x1 at c=32: duorank / infinity = "
             f"{one32 / by[('infinity', 'embeddings x1', 32)]['rps']:.2f}x"
         )
-    out.append(
-        f"embeddings x1 at c=32: {one32:,.0f} texts/s = "
-        f"{100 * one32 / lib['encode_texts_per_s']:.0f}% of the "
-        f"in-process batched encode ({lib['encode_texts_per_s']:,.0f} texts/s)"
-    )
+    for batch in (32, 256):
+        rate = lib[f"encode_texts_per_s_b{batch}"]
+        out.append(
+            f"embeddings x1 at c=32: {one32:,.0f} texts/s = {100 * one32 / rate:.0f}% of the "
+            f"in-process encode at batch {batch} ({rate:,.0f} texts/s)"
+        )
+    if "overhead" in result:
+        o = result["overhead"]
+        pairs = ", ".join(f"{h:.2f} vs {s:.2f}" for h, s in zip(o["server_p50_ms"], o["in_process_p50_ms"]))
+        out.append(
+            f"search exact 100k at c=1, server vs Engine.search in process, p50 ms by round: {pairs}; "
+            f"overhead (median of the rounds' differences) {o['overhead_ms']:.2f} ms"
+        )
     s1 = by[("duorank", "search exact 100k", 1)]
-    out.append(
-        f"search exact 100k at c=1: server p50 {s1['p50_ms']:.2f} ms vs Engine.search in process "
-        f"{lib['search_p50_ms']:.2f} ms: overhead {s1['p50_ms'] - lib['search_p50_ms']:.2f} ms"
-    )
     s32 = by[("duorank", "search exact 100k", 32)]
     out.append(f"search exact 100k: c=32 / c=1 queries/s = {s32['rps'] / s1['rps']:.1f}x")
     return "\n".join(out + _open_lines(result))
 
 
 def _open_lines(result: dict[str, Any]) -> list[str]:
-    out = [f"capacity (the best one-text embeddings req/s): {result['capacity']:,.0f}"]
+    out = [f"closed-loop capacity (the best one-text embeddings req/s): {result['capacity']:,.0f}"]
+    if "open_capacity" in result:
+        out.append(f"open-loop capacity (answered/s at 2x the closed loop's): {result['open_capacity']:,.0f}")
     for r in result.get("rates", []):
+        base = "the closed loop's" if r["share"] == 2.0 else "the open loop's"
         out.append(
-            f"open loop at {r['share']:.0%} of capacity ({r['offered_rps']:,.0f}/s offered, "
+            f"open loop at {r['share']:.0%} of {base} capacity ({r['offered_rps']:,.0f}/s offered, "
             f"{r['sent_rps']:,.0f}/s sent): {r['ok']} ok, {r['429']} 429, {r['5xx']} 5xx, "
             f"{r['failed']} failed; accepted p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms"
         )
