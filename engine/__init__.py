@@ -15,6 +15,8 @@ from .index import Dtype, ExactIndex
 from .model_folder import ModelError
 from .models import DeviceError, Embedder, PairTokens, Reranker, Scored, Tokens
 from .pipeline import Engine, Hit, IngestReport, Results
+from .shard_build import ShardsReport, build_shards
+from .sharded import ShardedCollection, ShardUnavailableError
 from .shards import search_collections, search_shards
 
 try:
@@ -43,8 +45,12 @@ __all__ = [
     "Reranker",
     "Results",
     "Scored",
+    "ShardUnavailableError",
+    "ShardedCollection",
+    "ShardsReport",
     "Tokens",
     "__version__",
+    "build_shards",
     "search_collections",
     "search_shards",
 ]

@@ -6,9 +6,13 @@ offsets), so what a user sees is what was embedded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+PARENT, CHUNK = "_parent", "_chunk"  # metadata keys of chunks: the document's id, the chunk's number
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +69,26 @@ def chunk_texts(texts: Sequence[str], tokenizer: Any, *, max_tokens: int, overla
                 nxt -= 1  # start on a word boundary
             first, number = nxt, number + 1
     return out
+
+
+def document_chunks(
+    texts: Sequence[str],
+    ids: Sequence[str],
+    metadata: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    *,
+    max_tokens: int | None,
+    overlap: int = 0,
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """What a collection stores for these documents: their chunks' texts, ids and metadata. A document cut
+    in several chunks gives ids "<id>#0", "<id>#1", ... and each chunk's metadata names its document
+    (PARENT) and number (CHUNK); max_tokens None: the documents themselves, unchanged."""
+    if max_tokens is None:
+        return list(texts), list(ids), [dict(m) for m in metadata]
+    chunks = chunk_texts(texts, tokenizer, max_tokens=max_tokens, overlap=overlap)
+    many = np.bincount([c.parent for c in chunks], minlength=len(texts)) > 1
+    return (
+        [c.text for c in chunks],
+        [ids[c.parent] + (f"#{c.number}" if many[c.parent] else "") for c in chunks],
+        [{**metadata[c.parent], PARENT: ids[c.parent], CHUNK: c.number} for c in chunks],
+    )

@@ -71,18 +71,23 @@ def write_generation(
             "sha256": sha256_file(folder / name),
         }
     fsync_dir(folder)
-    text = json.dumps({**manifest, "files": files}, indent=2, sort_keys=True)
-    tmp = folder / (manifest_name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(folder / manifest_name)
-    fsync_dir(folder)
+    write_json(folder / manifest_name, {**manifest, "files": files})
     keep = {v["file"] for v in files.values()} | {manifest_name}
     for p in folder.iterdir():
         if p.name not in keep and p.name.split(".")[0] in writers:
             p.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    """Replace the JSON file `path` atomically: written beside, fsynced, renamed, the folder fsynced (a
+    crash leaves the old file or the new one, whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
 
 
 def checked_file(folder: Path, manifest: dict[str, Any], key: str, *, verify: bool) -> Path:

@@ -58,6 +58,14 @@ def _threads() -> int:
     return int(numba.get_num_threads())
 
 
+def limit_kernel_threads(n: int) -> None:
+    """Run this process's Numba kernels on n threads (at most the pool's size): a Ray actor or task holds
+    this many CPUs, and Numba does not read Ray's share."""
+    import numba
+
+    numba.set_num_threads(max(1, min(int(n), int(numba.config.NUMBA_NUM_THREADS))))  # type: ignore[attr-defined]
+
+
 def load_kernels() -> Any:
     # lazy: importing numba costs ~0.3 s, `import duorank` must not pay it
     return importlib.import_module("duorank.kernels")

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .chunking import chunk_texts
-from .collection import Collection, Found
+from .chunking import CHUNK, PARENT, document_chunks
+from .collection import Collection, Found, ModelMismatchError
 from .errors import DuorankError
 from .files import read_manifest
 from .index import ExactIndex
@@ -31,12 +31,12 @@ from .models import Embedder, Reranker
 from .recall import check_recall
 from .recall import recall as first_stage
 from .rerank import best_first, rerank_lists
+from .shards import SHARDS_FILE
 from .validate import check_texts
 
 log = logging.getLogger(__name__)
 
 RERANKS = ("cross", "embedding", None)
-PARENT, CHUNK = "_parent", "_chunk"  # metadata keys of chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +187,18 @@ class Engine:
         """Open an engine folder. Each model is the one recorded when the folder was made (None, the
         default) or the one given: a name, a model folder, or a loaded Embedder / Reranker. An engine
         without a recorded reranker has none unless one is given; to skip the reranker of one that has
-        one, search with rerank=None. A different embedder than the collection's is refused."""
+        one, search with rerank=None. A different embedder than the collection's is refused.
+
+        A sharded collection (a folder holding `shards.json`, made by `duorank index --shards`, or that
+        file) opens a `ShardedCollection`: one Ray actor per shard (model_options `address`, `deadline_s`,
+        `cpus_per_shard` go to it); read-only."""
         folder = Path(path)
+        if (folder / SHARDS_FILE).is_file():
+            folder = folder / SHARDS_FILE
+        if folder.is_file() and folder.suffix == ".json":
+            if mode != "r":
+                raise ValueError(f"{folder}: a sharded collection opens read-only (mode 'r'), not {mode!r}")
+            return cls._open_sharded(folder, embedder, reranker, verify, model_options)
         try:
             settings = read_manifest(folder, Collection.MANIFEST, Collection.FORMAT, Collection.VERSION)
         except DuorankError:
@@ -201,6 +211,29 @@ class Engine:
         rr = given if isinstance(given, Reranker) or given is None else Reranker.load(given, **model_options)
         coll = Collection.open(folder, mode, embedder=emb, verify=verify)
         return cls(coll, emb, rr)
+
+    @classmethod
+    def _open_sharded(
+        cls, path: Path, embedder: Any, reranker: Any, verify: bool, options: dict[str, Any]
+    ) -> Engine:
+        from .sharded import ShardedCollection
+
+        ray_options = {k: options.pop(k) for k in ("address", "deadline_s", "cpus_per_shard") if k in options}
+        coll = ShardedCollection(path, verify=verify, **ray_options)
+        try:
+            recorded = coll.manifest["extra"]["engine"]
+            source = embedder if embedder is not None else recorded.get("embedder") or "default"
+            emb = source if isinstance(source, Embedder) else Embedder.load(source, **options)
+            if emb.fingerprint != coll.model:
+                raise ModelMismatchError(
+                    f"{path} was built with {coll.model!r}; the embedder given is {emb.fingerprint!r}"
+                )
+            given = reranker if reranker is not None else recorded.get("reranker")
+            rr = given if isinstance(given, Reranker) or given is None else Reranker.load(given, **options)
+        except BaseException:
+            coll.close()
+            raise
+        return cls(coll, emb, rr)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.collection.close()
@@ -270,16 +303,14 @@ class Engine:
         for i, m in enumerate(metas):
             if PARENT in m or CHUNK in m:
                 raise ValueError(f"metadata[{i}] uses the reserved keys {PARENT!r} / {CHUNK!r}")
-        if self.chunk_tokens:
-            chunks = chunk_texts(
-                texts, self.embedder.tokenizer, max_tokens=self.chunk_tokens, overlap=self.chunk_overlap
-            )
-            many = np.bincount([c.parent for c in chunks], minlength=n) > 1
-            chunk_text = [c.text for c in chunks]
-            chunk_ids = [parents[c.parent] + (f"#{c.number}" if many[c.parent] else "") for c in chunks]
-            chunk_meta = [{**metas[c.parent], PARENT: parents[c.parent], CHUNK: c.number} for c in chunks]
-        else:
-            chunk_text, chunk_ids, chunk_meta = texts, parents, metas
+        chunk_text, chunk_ids, chunk_meta = document_chunks(
+            texts,
+            parents,
+            metas,
+            self.embedder.tokenizer,
+            max_tokens=self.chunk_tokens or None,
+            overlap=self.chunk_overlap,
+        )
         if n:
             tokens = self.embedder.tokenize(chunk_text, kind="document")
             vectors = self.embedder.encode(tokens, progress=progress)

@@ -16,6 +16,7 @@ _EXTRA = {
     "uvicorn": "server",
     "prometheus_client": "server",
     "orjson": "server",
+    "ray": "distributed",
 }
 
 

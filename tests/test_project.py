@@ -289,7 +289,7 @@ LAYERS = [
     | {"models_export.parity", "models_export.quantize", "models_export.folder", "models_export.record"}
     | {"models_export.builtin", "models_export.deps"},
     {"models", "models.registry", "models.runtime", "models.embedder", "models.reranker"},
-    {"pipeline", ""},  # "": the package itself, whose __init__ gathers the public API
+    {"pipeline", "sharded", "shard_build", ""},  # "": the package itself, which gathers the public API
     {"eval", "demo"},
     {"models_export.train", "models_export.gate", "models_export.distill", "models_export.pseudo"}
     | {f"models_export.train.{m}" for m in ("config", "prepare", "loop", "choose")},

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,8 @@ pytest.importorskip("fastapi", reason="the [server] extra is not installed")
 
 from duorank import Engine, Reranker  # noqa: E402
 
+from .serving import Server  # noqa: E402
+
 KEY = "test-key-123"
 TEXTS = [
     "Reset your password from the account page: choose Security, then Reset password.",
@@ -30,40 +29,6 @@ TEXTS = [
     "Our offices close on public holidays; support answers by email.",
     "Invoices can be downloaded as PDF from the billing page.",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, *args: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duorank.cli", "serve", *args, "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited: {self.proc.communicate()[1]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("the server did not become ready in 120 s")
-
-    def stop(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, err
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,22 @@ def add(sub: Any) -> None:
     ix.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by consecutive chunks")
     ix.add_argument("--no-bm25", action="store_true", help="no BM25 index (no bm25/hybrid recall)")
     ix.add_argument("--json", action="store_true", help="the ingest report as JSON on stdout")
+    dist = ix.add_argument_group(
+        "sharded (Ray)",
+        "--shards S builds DIR as S shards with Ray Data (the [distributed] extra): an actor pool embeds, "
+        "one task per shard builds it; DIR/shards.json is written last. Replaces a set DIR holds. Also "
+        "reads .parquet sources (columns id, text, metadata); JSONL objects need their id.",
+    )
+    dist.add_argument(
+        "--shards", type=int, metavar="S", help="build S shards with Ray instead of one collection"
+    )
+    dist.add_argument(
+        "--ray", metavar="ADDRESS", help="Ray cluster to run on (default: RAY_ADDRESS or a local one)"
+    )
+    dist.add_argument("--workers", type=int, default=2, help="embedding actors (default: %(default)s)")
+    dist.add_argument(
+        "--cpus-per-worker", type=int, default=1, help="CPUs (onnxruntime threads) per actor (default: 1)"
+    )
 
     se = sub.add_parser(
         "search",
@@ -172,6 +188,47 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _index_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..shard_build import build_shards
+
+    if args.shards < 1 or args.workers < 1 or args.cpus_per_worker < 1:
+        parser.error("--shards, --workers and --cpus-per-worker must be >= 1")
+    if (Path(args.collection) / "collection.json").is_file():
+        parser.error(f"{args.collection} holds a single collection: build the shards in another folder")
+    report = build_shards(
+        args.collection,
+        args.sources,
+        args.shards,
+        embedder=args.model,
+        reranker=args.reranker,
+        index=args.index,
+        dtype=args.dtype,
+        bm25=not args.no_bm25,
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
+        address=args.ray,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+    )
+    out = {
+        "collection": str(report.path),
+        "documents": report.documents,
+        "chunks": report.chunks,
+        "per_shard": report.counts,
+        "seconds": round(report.seconds, 3),
+        "nodes": len(report.nodes),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"built {args.shards} shards of {report.documents} documents ({report.chunks} chunks: "
+            f"{', '.join(map(str, report.counts))}) in {report.seconds:.1f} s on {len(report.nodes)} "
+            f"node(s); open {report.path}"
+        )
+    return 0
+
+
 def _load_source(source: str) -> tuple[list[str], list[str], list[dict[str, Any]] | None]:
 
     if source == "-" or source.endswith(".jsonl"):
@@ -220,7 +277,8 @@ def _without_empty(
 
 
 def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-
+    if args.shards is not None:
+        return _index_sharded(args, parser)
     from ..pipeline import Engine
 
     texts: list[str] = []

@@ -37,6 +37,9 @@ def add(sub: Any) -> None:
         "on every route but /health (default: $DUORANK_API_KEY; none: no key)",
     )
     sv.add_argument("--writable", action="store_true", help="allow POST / DELETE /documents")
+    sv.add_argument(
+        "--ray", metavar="ADDRESS", help="for a sharded DIR: the Ray cluster its shard actors run on"
+    )
     sv.add_argument("--max-queue", type=int, default=4096, help="items queued per stage before 429")
     sv.add_argument("--max-batch", type=int, default=256, help="items one batch takes (default: 256)")
     sv.add_argument("--max-body-mb", type=float, default=8.0, help="request body cap, MB (default: 8)")
@@ -83,5 +86,6 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         spin=args.spin,
         grace_s=args.grace,
         drain_s=args.drain,
+        ray_address=args.ray,
     )
     return 0

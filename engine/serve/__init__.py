@@ -30,6 +30,7 @@ def serve(
     spin: bool = False,
     grace_s: float = 30.0,
     drain_s: float = 0.0,
+    ray_address: str | None = None,
 ) -> None:
     """Serve an engine folder (with the models it records), or `models` ("EMBEDDER[,RERANKER]") alone."""
     from duorank.models_export.deps import require
@@ -45,8 +46,9 @@ def serve(
     if folder is not None:
         from duorank import Engine
 
+        sharded = {"address": ray_address} if ray_address else {}
         service = Service(
-            engine=Engine.open(folder, "a" if writable else "r", **options),
+            engine=Engine.open(folder, "a" if writable else "r", **options, **sharded),
             writable=writable,
             limits=limits or Limits(),
         )
