@@ -329,7 +329,9 @@ def main() -> int:
     ap.add_argument("--infinity", metavar="CMD", help="infinity_emb's command (a venv of its own)")
     ap.add_argument("--seconds", type=float, default=10, help="seconds per closed-loop cell (default: 10)")
     ap.add_argument("--rate-seconds", type=float, default=60, help="seconds per open-loop rate (default: 60)")
-    ap.add_argument("--soak", type=float, default=600, help="soak seconds at half capacity (default: 600)")
+    ap.add_argument(
+        "--soak", type=float, default=600, help="soak seconds at half capacity (default: 600; 0: none)"
+    )
     ap.add_argument("--chunks", type=int, default=100_000, help="chunks in the collection (default: 100k)")
     ap.add_argument(
         "--capacity",
@@ -445,6 +447,8 @@ def open_loop_runs(args: argparse.Namespace, result: dict[str, Any], capacity: f
         under = {"share": 0.8, **open_loop(url, one, 0.8 * capacity, args.rate_seconds)}
         print(json.dumps(under), flush=True)
         result["rates"] = [under, over]
+        if args.soak <= 0:
+            return
         duo.wait_idle()
         rss: list[tuple[float, float]] = []
 

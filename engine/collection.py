@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import analyzers
 from .errors import DuorankError, IndexFormatError
 from .files import checked_file, read_manifest, write_generation
 from .hits import Hits
@@ -185,13 +186,16 @@ class Collection:
         expansion_search: int = 64,
         threads: int = 0,
         bm25: bool | Mapping[str, Any] = False,
+        analyzer: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Collection:
         """A new, empty collection at `path` (saved at once), open for writing.
 
         bm25: keep a BM25 index of the texts too (True, or BM25 options such as {"language": "english"}),
-        rebuilt on save() after adds or deletes. extra: JSON-able settings kept in the manifest (the
-        Engine records its models and chunking there).
+        rebuilt on save() after adds or deletes. analyzer: how BM25 splits texts into terms (see
+        duorank.analyzers: "cjk", the default, reads Chinese, Japanese and Korean text as character
+        bigrams; "standard"; "jieba"), recorded and used for queries too. extra: JSON-able settings kept
+        in the manifest (the Engine records its models and chunking there).
 
         dtype: what the index scans (f32, f16, i8); the float32 vectors are always kept. model: an Embedder
         or its fingerprint string, checked when the collection is opened with an embedder.
@@ -229,7 +233,7 @@ class Collection:
                 "count": 0,
                 "next_id": 0,
                 "hnsw": hnsw if index == "hnsw" else None,
-                "bm25": _bm25_options(bm25),
+                "bm25": _bm25_options(bm25, analyzer),
                 "extra": dict(extra or {}),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -294,6 +298,8 @@ class Collection:
         cls, folder: Path, mode: str, lock: int | None, *, verify: bool, threads: int
     ) -> Collection:
         man = read_manifest(folder, cls.MANIFEST, cls.FORMAT, cls.VERSION)
+        if isinstance(man.get("bm25"), dict):  # made before analyzers: words only, and kept so on rebuild
+            man["bm25"].setdefault("analyzer", "standard")
         try:
             dim, count, next_id = int(man["dim"]), int(man["count"]), int(man["next_id"])
             dtype, index = Dtype.parse(man["dtype"]), str(man["index"])
@@ -675,10 +681,15 @@ def _empty(n: int, k: int) -> Hits:
     return Hits(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32))
 
 
-def _bm25_options(bm25: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+def _bm25_options(bm25: bool | Mapping[str, Any], analyzer: str | None) -> dict[str, Any] | None:
     if bm25 is False or bm25 is None:
+        if analyzer is not None:
+            raise ValueError(f"analyzer {analyzer!r} without BM25: create the collection with bm25=True")
         return None
     options = {} if bm25 is True else dict(bm25)
+    if analyzer is not None:
+        options["analyzer"] = analyzers.check(analyzer)
+    options.setdefault("analyzer", analyzers.DEFAULT)
     BM25(**options)  # unknown options or languages fail now, not at the first save
     return options
 

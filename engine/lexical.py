@@ -1,7 +1,8 @@
 """Lexical recall (BM25 via bm25s + PyStemmer) and rank fusion (reciprocal rank, weighted scores).
 
-BM25 uses bm25s's Lucene variant (k1 1.5, b 0.75) over lowercased words with English stopwords removed
-and the Snowball stemmer; on BEIR SciFact it gives nDCG@10 68.63. Results are `Hits` like every other
+BM25 uses bm25s's Lucene variant (k1 1.5, b 0.75) over the terms of an analyzer (`duorank.analyzers`:
+words, and CJK text as character bigrams by default) with English stopwords removed and the Snowball
+stemmer; on BEIR SciFact it gives nDCG@10 68.63. Results are `Hits` like every other
 recall source, so fusion works on any mix of them. Documents with no query term get no slot (-1, -inf).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import analyzers
 from .hits import Hits
 from .validate import as_ids, as_k
 
@@ -42,17 +44,31 @@ class BM25:
     """A BM25 index over a fixed set of texts (rebuild to change it: SciFact's 5k docs take ~1 s)."""
 
     def __init__(
-        self, *, language: str = "english", stopwords: str | None = "en", k1: float = 1.5, b: float = 0.75
+        self,
+        *,
+        language: str = "english",
+        stopwords: str | None = "en",
+        k1: float = 1.5,
+        b: float = 0.75,
+        analyzer: str = analyzers.DEFAULT,
     ) -> None:
         bm25s, Stemmer = _bm25s()
         try:
             stemmer = Stemmer.Stemmer(language) if language else None
         except KeyError:
             raise ValueError(f"language {language!r}: expected one of {Stemmer.algorithms()}") from None
-        self._tok = bm25s.tokenization.Tokenizer(stemmer=stemmer, stopwords=stopwords)
+        split = analyzers.splitter(analyzer)
+        self._tok = bm25s.tokenization.Tokenizer(stemmer=stemmer, stopwords=stopwords, splitter=split)
         self._index = bm25s.BM25(k1=k1, b=b)
         self._ids = np.empty(0, dtype=np.int64)
-        self.config = {"language": language, "stopwords": stopwords, "k1": k1, "b": b, "method": "lucene"}
+        self.config = {
+            "language": language,
+            "stopwords": stopwords,
+            "k1": k1,
+            "b": b,
+            "analyzer": analyzer,
+            "method": "lucene",
+        }
 
     @classmethod
     def build(cls, texts: Sequence[str], ids: ArrayLike | None = None, **options: Any) -> BM25:
@@ -102,6 +118,7 @@ class BM25:
             folder = Path(tmp)
             options = json.loads((folder / "duorank-bm25.json").read_text())
             options.pop("method", None)
+            options.setdefault("analyzer", "standard")  # written before analyzers: words only
             self = cls(**options)
             bm25s, _ = _bm25s()
             self._index = bm25s.BM25.load(folder, show_progress=False)

@@ -139,12 +139,15 @@ class Engine:
         index: str = "exact",
         dtype: str = "f32",
         bm25: bool = True,
+        analyzer: str | None = None,
         chunk_tokens: int | None = None,
         chunk_overlap: int = 32,
         **index_options: Any,
     ) -> Engine:
         """A new engine folder (a collection) open for adding. chunk_tokens: split documents longer than
-        this many tokens into overlapping chunks (None: one vector per document, cut at max_length)."""
+        this many tokens into overlapping chunks (None: one vector per document, cut at max_length).
+        analyzer: BM25's ("cjk", the default: CJK text as character bigrams; "standard"; "jieba"; see
+        duorank.analyzers)."""
         emb = embedder if isinstance(embedder, Embedder) else Embedder.load(embedder)
         rr = reranker if reranker is None or isinstance(reranker, Reranker) else Reranker.load(reranker)
         if chunk_tokens is not None:
@@ -168,6 +171,7 @@ class Engine:
             index=index,
             model=emb,
             bm25=bm25,
+            analyzer=analyzer,
             extra={"engine": settings},
             **index_options,
         )

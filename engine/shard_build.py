@@ -208,6 +208,7 @@ def _build_shard(batch: dict[str, np.ndarray], *, shard: int | None, gen: str, s
             index=spec["index"],
             model=spec["model"],
             bm25=spec["bm25"],
+            analyzer=spec["analyzer"],
             extra={"engine": spec["engine"]},
             **spec["index_options"],
         ) as coll:
@@ -277,6 +278,7 @@ def build_shards(
     index: str = "exact",
     dtype: str = "f32",
     bm25: bool = True,
+    analyzer: str | None = None,
     chunk_tokens: int | None = None,
     chunk_overlap: int = 32,
     address: str | None = None,
@@ -314,6 +316,7 @@ def build_shards(
         "dtype": dtype,
         "index": index,
         "bm25": bm25,
+        "analyzer": analyzer,
         "index_options": index_options,
         "threads": cpus_per_worker,
         "engine": {

@@ -70,7 +70,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[st
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory, corpus: Any) -> Engine:
     _, docs = corpus
-    eng = Engine.create(tmp_path_factory.mktemp("one") / "kb", "default")
+    eng = Engine.create(tmp_path_factory.mktemp("one") / "kb", "default", "default")
     eng.add([d["text"] for d in docs], [d["id"] for d in docs], [d["metadata"] for d in docs])
     return eng
 
@@ -98,18 +98,40 @@ def _ids_of(manifest: Path, shard: int) -> set[str]:
         return set(c.store.external_ids(c.ids))
 
 
+def _open_here(folder: Path) -> list[str]:
+    """The files below `folder` this process holds open."""
+    out = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            out.append(target)
+    return out
+
+
 def test_sharded_answers_equal_one_collection(sharded: Any, single: Engine) -> None:
+    """Dense top-k equal as (id, score), texts and metadata; the cross-encoder's top_n over equal candidates
+    equal too; the shard actors live on both nodes and the driver opens no shard file itself."""
     queries = ["what causes cancer", "vitamin D deficiency", "gene expression in mice"]
-    with Engine.open(sharded.path, cpus_per_shard=0.5) as eng:
+    with Engine.open(sharded.path, reranker="default", cpus_per_shard=0.5) as eng:
         where = eng.collection.where()
         assert len({node for node, _ in where}) == 2, where
+        a = eng.search(queries, top_k=20, top_n=5, rerank="cross")
+        b = single.search(queries, top_k=20, top_n=5, rerank="cross")
+        for x, y in zip(a, b):
+            assert [h.id for h in x] == [h.id for h in y]
+            np.testing.assert_allclose([h.rerank_score for h in x], [h.rerank_score for h in y], atol=1e-5)
         for q in queries:
-            a = eng.search(q, top_k=20, top_n=20, rerank=None)[0]
-            b = single.search(q, top_k=20, top_n=20, rerank=None)[0]
-            assert [h.id for h in a] == [h.id for h in b]
-            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
-            assert [h.text for h in a] == [h.text for h in b]
-            assert [h.metadata for h in a] == [h.metadata for h in b]
+            one = eng.search(q, top_k=20, top_n=20, rerank=None)[0]
+            other = single.search(q, top_k=20, top_n=20, rerank=None)[0]
+            assert [h.id for h in one] == [h.id for h in other]
+            np.testing.assert_allclose([h.score for h in one], [h.score for h in other], atol=1e-6)
+            assert [h.text for h in one] == [h.text for h in other]
+            assert [h.metadata for h in one] == [h.metadata for h in other]
+        generation = (sharded.path.parent / read_shards(sharded.path)["items"][0]["path"]).parent
+        assert not _open_here(generation)
 
 
 def _shard_rows(manifest: Path) -> list[tuple[list[str], np.ndarray]]:

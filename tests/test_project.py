@@ -281,7 +281,7 @@ def test_no_import_circle():
 
 # docs/architecture.md, "The rooms, in layers": a module imports from its own layer or earlier ones
 LAYERS = [
-    {"errors", "hits", "validate", "files", "machine", "batching", "chunking"},
+    {"errors", "hits", "validate", "files", "machine", "batching", "chunking", "analyzers"},
     {"kernels"},
     {"index", "hnsw_graph", "hnsw", "store", "lexical", "rerank", "collection", "recall", "shards"},
     {"model_folder", "onnx_graphs"},

@@ -60,6 +60,12 @@ def add(sub: Any) -> None:
     ix.add_argument("--chunk-tokens", type=int, help="split documents longer than this (tokens)")
     ix.add_argument("--chunk-overlap", type=int, default=32, help="tokens shared by consecutive chunks")
     ix.add_argument("--no-bm25", action="store_true", help="no BM25 index (no bm25/hybrid recall)")
+    ix.add_argument(
+        "--analyzer",
+        choices=["cjk", "standard", "jieba"],
+        help="how BM25 splits a new collection's texts: cjk (default; Chinese, Japanese, Korean as character "
+        "bigrams, other words as standard), standard (words), jieba (Chinese words; the [chinese] extra)",
+    )
     ix.add_argument("--json", action="store_true", help="the ingest report as JSON on stdout")
     dist = ix.add_argument_group(
         "sharded (Ray)",
@@ -204,6 +210,7 @@ def _index_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         index=args.index,
         dtype=args.dtype,
         bm25=not args.no_bm25,
+        analyzer=args.analyzer,
         chunk_tokens=args.chunk_tokens,
         chunk_overlap=args.chunk_overlap,
         address=args.ray,
@@ -302,6 +309,7 @@ def _index(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             index=args.index,
             dtype=args.dtype,
             bm25=not args.no_bm25,
+            analyzer=args.analyzer,
             chunk_tokens=args.chunk_tokens,
             chunk_overlap=args.chunk_overlap if args.chunk_tokens else 0,
         )
