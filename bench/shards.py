@@ -3,7 +3,8 @@ abstracts, the 300 test queries):
 
 - ingest documents/s: the single-process `Engine.add` (what `duorank index` runs, 2 onnxruntime threads)
   against `build_shards` with 1 and 2 embedding workers (1 thread each), with Ray's own costs shown:
-  the cluster's start-up, and the job's seconds beyond the embedding;
+  the cluster's start-up, and the job's seconds beyond the embedding (the build's seconds less the
+  documents over the in-process 1-thread embedding rate times the workers), also per batch of 256;
 - quality: nDCG@10 of dense, BM25 and hybrid recall (no rerank, top_k 100) over S = 1, 2 and 4 shards
   against the single collection (dense must be equal; BM25 uses each shard's own statistics);
 - query latency: p50 / p99 of `Engine.search` one query at a time (dense exact, and hybrid; no rerank,
@@ -72,7 +73,7 @@ def main() -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from duorank import Engine, build_shards, machine
+    from duorank import Embedder, Engine, build_shards, machine
     from duorank.eval.datasets import load_beir
 
     info = machine.describe()
@@ -96,6 +97,13 @@ def main() -> int:
             single.update(measure(one, ds, queries))
         result["rows"].append(single)
         print(json.dumps(single), flush=True)
+        # the embedding alone, one thread, in process: what a worker would cost without Ray
+        emb = Embedder.load("default", threads=1)
+        sample = [ds.corpus[i] for i in ids[:600]]
+        emb.encode(sample[:16])
+        t = time.perf_counter()
+        emb.encode(emb.tokenize(sample, kind="document"))
+        result["embed_docs_per_s_1_thread"] = len(sample) / (time.perf_counter() - t)
 
         t = time.perf_counter()
         cluster = Cluster(
@@ -113,6 +121,9 @@ def main() -> int:
                 row["build_s"] = report.seconds
                 row["docs_per_s"] = report.documents / report.seconds
                 row["nodes"] = len(report.nodes)
+                embed_s = report.documents / (result["embed_docs_per_s_1_thread"] * workers)
+                row["ray_overhead_s"] = report.seconds - embed_s
+                row["overhead_per_batch_ms"] = 1e3 * row["ray_overhead_s"] / -(-report.documents // 256)
                 with Engine.open(report.path, cpus_per_shard=0.5) as eng:
                     row.update(measure(eng, ds, queries))
                 result["rows"].append(row)
@@ -130,11 +141,12 @@ def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     one = rows[0]
     lines = [
-        f"Ray cluster start-up (two local nodes): {result['ray_start_s']:.1f} s",
+        f"Ray cluster start-up (two local nodes): {result['ray_start_s']:.1f} s; the embedding alone in "
+        f"process, 1 thread: {result['embed_docs_per_s_1_thread']:.1f} docs/s",
         "",
-        "| system | shards | workers x threads | build s | docs/s | vs one | "
+        "| system | shards | workers x threads | build s | docs/s | vs one | Ray's cost s (per batch ms) | "
         "nDCG@10 dense / bm25 / hybrid | dense p50 / p99 ms | hybrid p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         nd = " / ".join(f"{r[f'ndcg10_{x}']:.2f}" for x in RECALLS)
@@ -142,7 +154,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['system']} | {r['shards'] or '-'} | {r['workers']} x {r['threads']} | "
             f"{r['build_s']:.0f} | {r['docs_per_s']:.1f} | {r['docs_per_s'] / one['docs_per_s']:.2f}x | "
-            f"{nd} | "
+            + (f"{r['ray_overhead_s']:.0f} ({r['overhead_per_batch_ms']:.0f}) | " if "nodes" in r else "- | ")
+            + f"{nd} | "
             f"{d['p50_ms']:.1f} / {d['p99_ms']:.1f} | {h['p50_ms']:.1f} / {h['p99_ms']:.1f} |"
         )
     return "\n".join(lines)

@@ -158,10 +158,18 @@ class Embed:
     CPUs; a batch of documents in, their chunks out, each with its vector, shard and the node and process
     that embedded it."""
 
-    def __init__(self, embedder: str, threads: int, shards: int, chunk_tokens: int | None, overlap: int):
+    def __init__(
+        self,
+        embedder: str,
+        threads: int,
+        shards: int,
+        chunk_tokens: int | None,
+        overlap: int,
+        device: str = "cpu",
+    ):
         from .models import Embedder
 
-        self.embedder = Embedder.load(embedder, threads=threads)
+        self.embedder = Embedder.load(embedder, threads=threads, device=device)
         self.shards, self.chunk_tokens, self.overlap = shards, chunk_tokens, overlap
         self.where = _where()
 
@@ -247,9 +255,11 @@ def _embedded(
     overlap: int,
     workers: int,
     cpus: int,
+    gpus: float,
     batch_size: int,
 ) -> Any:
-    """The documents' chunks with their vectors and shards: an actor pool of `workers` Embed actors."""
+    """The documents' chunks with their vectors and shards: an actor pool of `workers` Embed actors
+    (on CUDA where `gpus` > 0: Ray gives each actor that share of a GPU)."""
     return ds.map_batches(
         Embed,
         fn_constructor_kwargs={
@@ -258,11 +268,13 @@ def _embedded(
             "shards": shards,
             "chunk_tokens": chunk_tokens,
             "overlap": overlap,
+            "device": "cuda" if gpus else "cpu",
         },
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=workers,
         num_cpus=cpus,
+        num_gpus=gpus,
         udf_modifying_row_count=chunk_tokens is not None,
         ray_remote_args_fn=_spread,  # one actor per node first, not all on the driver's
     )
@@ -284,6 +296,7 @@ def build_shards(
     address: str | None = None,
     workers: int = 2,
     cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0,
     batch_size: int = 256,
     **index_options: Any,
 ) -> ShardsReport:
@@ -291,7 +304,8 @@ def build_shards(
     on a Ray cluster (`address`; None: the one this process is connected to, else Ray's own choice:
     RAY_ADDRESS, a cluster running on this machine, or a new local one) and
     build `shards` collections under the folder `out`, then `out/shards.json`. `workers` embedding
-    actors of `cpus_per_worker` CPUs each (onnxruntime's threads), `batch_size` documents per batch.
+    actors of `cpus_per_worker` CPUs each (onnxruntime's threads), and `gpus_per_worker` of a GPU each
+    where > 0 (the actors then run the model on CUDA: onnxruntime-gpu), `batch_size` documents per batch.
     Open the result with `Engine.open(out / "shards.json")`. A build into a folder that holds a set
     replaces it only when the new set is complete (the old folders are removed after the switch)."""
     from .models import Embedder
@@ -301,10 +315,17 @@ def build_shards(
     for name, v in (("workers", workers), ("cpus_per_worker", cpus_per_worker), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} {v!r}: expected an int >= 1")
+    gpus = gpus_per_worker
+    if isinstance(gpus, bool) or not isinstance(gpus, int | float) or gpus < 0:
+        raise ValueError(f"gpus_per_worker {gpus_per_worker!r}: expected a number >= 0")
     ray = _ray()
     t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    if gpus_per_worker:
+        have_gpus = ray.cluster_resources().get("GPU", 0)
+        if have_gpus < gpus_per_worker:  # Ray would wait for a GPU that never comes
+            raise ValueError(f"gpus_per_worker {gpus_per_worker!r}: the Ray cluster has {have_gpus:g} GPUs")
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     emb = Embedder.load(embedder)  # its dim and fingerprint (the actors load their own)
@@ -332,7 +353,15 @@ def build_shards(
             # Ray 2.60 deprecates ray_remote_args_fn with no other way to spread an actor pool's actors
             warnings.filterwarnings("ignore", "`ray_remote_args_fn` is deprecated")
             embedded = _embedded(
-                ds, embedder, shards, chunk_tokens, chunk_overlap, workers, cpus_per_worker, batch_size
+                ds,
+                embedder,
+                shards,
+                chunk_tokens,
+                chunk_overlap,
+                workers,
+                cpus_per_worker,
+                float(gpus_per_worker),
+                batch_size,
             )
         built = (
             embedded.groupby("shard", num_partitions=shards)

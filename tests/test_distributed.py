@@ -153,10 +153,11 @@ def test_embeddings_equal_one_collection(sharded: Any, single: Engine) -> None:
 
 
 def test_a_killed_embedding_actor_and_shuffled_input_change_nothing(
-    cluster: Any, corpus: Any, sharded: Any, tmp_path: Path
+    cluster: Any, corpus: Any, sharded: Any, single: Engine, tmp_path: Path
 ) -> None:
     """SIGKILL one embedding actor mid-job: Ray restarts it and retries its batch; the shards equal a clean
-    build's (no chunk lost or doubled). The input is shuffled too: shards are built from rows sorted by id."""
+    build's (no chunk lost or doubled). The input is shuffled too: shards are built from rows sorted by id.
+    This build's shards are HNSW graphs: their merged recall@10 is within 0.01 of one HNSW collection's."""
     docs = list(corpus[1])
     random.Random(7).shuffle(docs)
     src = tmp_path / "shuffled.jsonl"
@@ -175,12 +176,33 @@ def test_a_killed_embedding_actor_and_shuffled_input_change_nothing(
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    again = build_shards(tmp_path / "out", [str(src)], 2, workers=2, batch_size=8)
+    again = build_shards(tmp_path / "out", [str(src)], 2, workers=2, batch_size=8, index="hnsw", **HNSW)
     killer.join()
     assert killed, "no embedding actor was seen to kill"
     for (ids_a, v_a), (ids_b, v_b) in zip(_shard_rows(sharded.path), _shard_rows(again.path)):
         assert ids_a == ids_b
         np.testing.assert_allclose(v_a, v_b, atol=1e-6)
+    # that build's shards are HNSW: recall@10 against exact search within 0.01 of one HNSW collection's
+    from duorank import Collection
+
+    queries = [d["text"][:80] for d in corpus[1][::8]]
+    dense = {"top_k": 10, "top_n": 10, "recall": "dense", "rerank": None}
+    exact = [[h.id for h in hits] for hits in single.search(queries, **dense)]
+    with Engine.open(again.path, cpus_per_shard=0.5) as eng:
+        got = [[h.id for h in hits] for hits in eng.search(queries, **dense)]
+    one = single.collection
+    with Collection.create(tmp_path / "hnsw", dim=one.dim, index="hnsw", **HNSW) as c:
+        c.add(one.vectors, ["."] * len(one), one.store.external_ids(one.ids))
+        hits = c.search(single.embedder.encode(queries, kind="query"), 10, fetch=False)
+        alone = [[str(i) for i in c.store.external_ids(row)] for row in hits.ids]
+    assert _recall(got, exact) >= _recall(alone, exact) - 0.01, (_recall(got, exact), _recall(alone, exact))
+
+
+HNSW = {"connectivity": 4, "expansion_add": 16, "expansion_search": 10}
+
+
+def _recall(got: list[list[str]], want: list[list[str]]) -> float:
+    return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
 
 
 def _processes(name: str) -> list[int]:
@@ -223,6 +245,12 @@ def test_a_killed_build_leaves_the_previous_set(
     assert read_shards(first.path)["shards"] == 2
     with Engine.open(first.path, cpus_per_shard=0.5) as eng:
         assert len(eng) == len(corpus[1])
+
+
+def test_a_gpu_share_the_cluster_lacks_is_refused(cluster: Any, corpus: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"gpus_per_worker 1: the Ray cluster has 0 GPUs"):
+        build_shards(tmp_path / "kb", [str(corpus[0])], 2, gpus_per_worker=1)
+    assert not list(tmp_path.glob("kb/*"))
 
 
 def test_a_shard_that_is_gone_or_late_fails_the_search_by_name(sharded: Any) -> None:

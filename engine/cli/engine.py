@@ -83,6 +83,12 @@ def add(sub: Any) -> None:
     dist.add_argument(
         "--cpus-per-worker", type=int, default=1, help="CPUs (onnxruntime threads) per actor (default: 1)"
     )
+    dist.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        help="GPU share per actor; > 0 embeds on CUDA (onnxruntime-gpu) (default: 0)",
+    )
 
     se = sub.add_parser(
         "search",
@@ -199,6 +205,8 @@ def _index_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
     if args.shards < 1 or args.workers < 1 or args.cpus_per_worker < 1:
         parser.error("--shards, --workers and --cpus-per-worker must be >= 1")
+    if args.gpus_per_worker < 0:
+        parser.error("--gpus-per-worker must be >= 0")
     if (Path(args.collection) / "collection.json").is_file():
         parser.error(f"{args.collection} holds a single collection: build the shards in another folder")
     report = build_shards(
@@ -216,6 +224,7 @@ def _index_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         address=args.ray,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
     )
     out = {
         "collection": str(report.path),
