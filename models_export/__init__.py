@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import hf_config, parity
+from . import bert_onnx, hf_config, parity
 from .deps import require
 from .folder import write_model_folder
 
@@ -94,7 +94,8 @@ def export(
         raise ValueError(f"kind {kind!r}, expected 'embedder' or 'reranker'")
     meta = hf_config.describe(folder, kind)
     if backend == "auto":
-        numpy_ok = meta.get("model_type") == "bert" and (folder / "model.safetensors").is_file()
+        numpy_ok = meta.get("model_type") in bert_onnx.MODEL_TYPES
+        numpy_ok = numpy_ok and (folder / "model.safetensors").is_file()
         backend = "numpy" if numpy_ok else ("optimum" if _version("optimum-onnx") else "torch")
     model, facts = _BUILDERS[backend](folder, kind)
     tokenizer = hf_config.fixed_tokenizer(folder, meta["max_length"])
@@ -256,8 +257,6 @@ _FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.o
 
 
 def _build_numpy(folder: Path, kind: str) -> tuple[Any, dict[str, Any]]:
-    from . import bert_onnx
-
     return bert_onnx.build(folder, kind=kind)
 
 
@@ -389,7 +388,7 @@ def _reference(
     except ImportError:
         torch = None
     if torch is None:
-        from . import bert_onnx, reference
+        from . import reference
 
         cfg, w = bert_onnx.read_config(folder), bert_onnx.load_weights(folder)
         rows = []

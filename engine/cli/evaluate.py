@@ -1,4 +1,5 @@
-"""`duorank eval`: retrieval (every recall / rerank system side by side), STS, classification, clustering."""
+"""`duorank eval`: retrieval (every recall / rerank system side by side), STS, classification, clustering,
+bitext mining."""
 
 from __future__ import annotations
 
@@ -32,7 +33,13 @@ def add(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.set_defaults(run=_retrieval)
-    r.add_argument("--data", required=True, metavar="PATH", help="BEIR folder or .zip")
+    r.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="BEIR folder or .zip, or hsk-spans (Chinese known-item spans of the HSK sentences)",
+    )
+    r.add_argument("--analyzer", help="BM25's analyzer: cjk (default), standard or jieba")
     r.add_argument("--split", default="test")
     r.add_argument("--model", default="default", help="embedder name or folder (default: %(default)s)")
     r.add_argument("--reranker", help="cross-encoder name or folder: adds the +cross systems")
@@ -65,10 +72,23 @@ def add(sub: Any) -> None:
         t.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
         t.add_argument("--spin", action="store_true", help=SPIN_HELP)
         device_options(t)
+    b = esub.add_parser(
+        "bitext",
+        help="bitext mining: nearest-neighbour translation matching, both ways (MTEB's BitextMining)",
+        description="Each sentence's nearest neighbour by cosine among the translations must be its own. "
+        "Default data: the HSK sentences (English and Chinese; pip install 'duorank[multilingual]').",
+        epilog="example: duorank eval bitext --model multilingual",
+    )
+    b.set_defaults(run=_bitext)
+    b.add_argument("--data", metavar="JSONL", help='pairs, one {"source", "target"} a line (default: HSK)')
+    b.add_argument("--model", default="default")
+    b.add_argument("--threads", type=int, help="onnxruntime threads (default: CPU count, at most 4)")
+    b.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    device_options(b)
 
 
 def _choose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    parser.error("eval: choose a TASK: retrieval, sts, classification or clustering")
+    parser.error("eval: choose a TASK: retrieval, sts, classification, clustering or bitext")
 
 
 def _embedder(args: argparse.Namespace) -> Any:
@@ -87,6 +107,23 @@ def _embedding_task(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     return 0
 
 
+def _bitext(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..eval import run
+    from ..eval.datasets import json_objects
+
+    source = target = None
+    if args.data:
+        with open(args.data, encoding="utf-8") as f:
+            rows = [(n, obj) for n, obj in json_objects(f, args.data)]
+        bad = [n for n, o in rows if not all(isinstance(o.get(k), str) for k in ("source", "target"))]
+        if bad:
+            parser.error(f'{args.data}: line {bad[0]}: expected {{"source": str, "target": str}}')
+        source = [str(o["source"]) for _, o in rows]
+        target = [str(o["target"]) for _, o in rows]
+    print(json.dumps(run.bitext(_embedder(args), source, target), indent=1))
+    return 0
+
+
 def _retrieval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..eval import run
     from ..eval.datasets import load_beir
@@ -94,14 +131,21 @@ def _retrieval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from ..models import Reranker
 
     emb = _embedder(args)
-    data = load_beir(args.data, args.split, ignore_identical_ids=args.ignore_identical_ids)
+    if args.data == "hsk-spans":
+        from ..eval import hsk
+
+        data = hsk.spans()
+    else:
+        data = load_beir(args.data, args.split, ignore_identical_ids=args.ignore_identical_ids)
     rr = (
         Reranker.load(args.reranker, device=args.device, threads=args.threads, spin=args.spin)
         if args.reranker
         else None
     )
     systems = args.systems.split(",") if args.systems else None
-    report = run.retrieval(data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems)
+    report = run.retrieval(
+        data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems, analyzer=args.analyzer
+    )
     if args.out:
         for path in save(report, args.out):
             log.info("wrote %s", path)

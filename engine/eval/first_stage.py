@@ -48,15 +48,23 @@ def corpus_vectors(embedder: Any, texts: Sequence[str], *, cache: bool = True) -
 
 
 class FirstStage:
-    """Dense (given an embedder) and BM25 (bm25=True) recall over `texts`; ids are positions in `texts`,
-    as a collection's internal ids are the order documents were added in."""
+    """Dense (given an embedder) and BM25 (bm25=True; `analyzer`: duorank.analyzers' name, default its
+    default) recall over `texts`; ids are positions in `texts`, as a collection's internal ids are the
+    order documents were added in."""
 
     def __init__(
-        self, texts: Sequence[str], embedder: Any = None, *, bm25: bool = True, cache: bool = True
+        self,
+        texts: Sequence[str],
+        embedder: Any = None,
+        *,
+        bm25: bool = True,
+        analyzer: str | None = None,
+        cache: bool = True,
     ) -> None:
         self.texts = list(texts)
         self.embedder = embedder
-        self.bm25 = BM25.build(self.texts) if bm25 else None
+        options = {"analyzer": analyzer} if analyzer else {}
+        self.bm25 = BM25.build(self.texts, **options) if bm25 else None
         self.vectors: NDArray[np.float32] | None = None
         self.index: ExactIndex | None = None
         if embedder is not None:

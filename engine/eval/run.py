@@ -134,8 +134,10 @@ def retrieval(
     latency_queries: int = 50,
     seed: int = 0,
     cache: bool = True,
+    analyzer: str | None = None,
 ) -> RetrievalReport:
-    """Run every configuration on `dataset` and return the report (see the module docstring)."""
+    """Run every configuration on `dataset` and return the report (see the module docstring); `analyzer`:
+    BM25's (duorank.analyzers; default: the default of new collections)."""
     from duorank.rerank import rerank_lists
 
     if top_n > top_k:
@@ -158,7 +160,9 @@ def retrieval(
     sample = np.sort(rng.choice(len(qids), size=min(latency_queries, len(qids)), replace=False))
 
     lexical_needed = any(s.startswith(("bm25", "hybrid")) for s in wanted)
-    stage = FirstStage(texts, embedder if needs_dense else None, bm25=lexical_needed, cache=cache)
+    stage = FirstStage(
+        texts, embedder if needs_dense else None, bm25=lexical_needed, analyzer=analyzer, cache=cache
+    )
 
     def first(how: str) -> Callable[[list[str], _Timer], Hits]:
         """The first stage `how` (`FirstStage.search`, i.e. `duorank.recall.recall`), its stages timed."""
@@ -240,6 +244,7 @@ def retrieval(
         "top_n": top_n,
         "metrics": metrics,
         "systems": wanted,
+        "analyzer": stage.bm25.config["analyzer"] if stage.bm25 is not None else None,
         "seed": seed,
         "latency_queries": len(sample),
         "embedder": _model_config(embedder),
@@ -326,3 +331,25 @@ def clustering(embedder: Any, path: Any, split: str = "test") -> dict[str, float
     texts, labels = load_labelled(path, split)
     v = embedder.encode(texts, kind="document")
     return {**tasks.clustering(v, labels), "texts": len(texts), "classes": len(set(labels))}
+
+
+def bitext(
+    embedder: Any, source: Sequence[str] | None = None, target: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Bitext mining both ways between `source` and its translations `target` (default: the HSK sentences,
+    English and Chinese, `duorank.eval.hsk.pairs`): accuracy / precision / recall / F1 (x100) per direction.
+    Both sides are embedded as queries (e5's convention for symmetric tasks)."""
+    if source is None or target is None:
+        from . import hsk
+
+        source, target = hsk.pairs()
+        names = ("en", "zh")
+    else:
+        names = ("source", "target")
+    a = embedder.encode(list(source), kind="query")
+    b = embedder.encode(list(target), kind="query")
+    return {
+        f"{names[0]}->{names[1]}": tasks.bitext_mining(a, b),
+        f"{names[1]}->{names[0]}": tasks.bitext_mining(b, a),
+        "pairs": len(source),
+    }

@@ -1,4 +1,5 @@
-"""Embedding quality beyond retrieval: STS correlation, clustering and classification (MTEB-style).
+"""Embedding quality beyond retrieval: STS correlation, clustering, classification and bitext mining
+(MTEB-style).
 
 Each takes vectors (or pairs of vectors) plus gold labels and returns a dict of metric -> value in
 percent, as MTEB reports them. scipy / scikit-learn do the statistics (the `[eval]` extra).
@@ -135,4 +136,24 @@ def classification(
     return {
         "accuracy": 100 * float(np.mean([r[0] for r in rows])),
         "macro_f1": 100 * float(np.mean([r[1] for r in rows])),
+    }
+
+
+def bitext_mining(source: ArrayLike, target: ArrayLike) -> dict[str, float]:
+    """MTEB's BitextMining: source i's translation is target i; each source takes its nearest target by
+    cosine. Accuracy and MTEB's weighted precision / recall / F1 over the gold targets (x100)."""
+    metrics = _require("sklearn.metrics")
+    s, t = _vectors(source, "source"), _vectors(target, "target")
+    if s.shape != t.shape:
+        raise ValueError(f"source {s.shape} and target {t.shape} must hold the same pairs")
+    s /= np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    gold = np.arange(s.shape[0])
+    pred = np.concatenate([(s[i : i + 1024] @ t.T).argmax(axis=1) for i in range(0, len(s), 1024)])
+    kw = {"average": "weighted", "zero_division": 0, "labels": gold}
+    return {
+        "accuracy": 100 * float((pred == gold).mean()),
+        "precision": 100 * float(metrics.precision_score(gold, pred, **kw)),
+        "recall": 100 * float(metrics.recall_score(gold, pred, **kw)),
+        "f1": 100 * float(metrics.f1_score(gold, pred, **kw)),
     }

