@@ -80,6 +80,7 @@ class Results:
     rerank: str | None
     strategy: str  # the vector search strategy (see Collection.search) or "bm25"
     truncated: dict[str, int] = field(default_factory=dict)  # queries / (query, text) pairs cut
+    rerank_depth: int | None = None  # candidates the cross-encoder read per query (None: no cross rerank)
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -89,7 +90,7 @@ class Results:
 
     def to_dict(self, queries: Sequence[int] | None = None) -> dict[str, Any]:
         """JSON-ready: per query (all, or those at the indices `queries`) its hits, then the batch's
-        timings, recall, rerank, strategy and cut counts."""
+        timings, recall, rerank, strategy, cut counts and the rerank depth used."""
         picked = range(len(self.queries)) if queries is None else queries
         return {
             "queries": [
@@ -100,6 +101,7 @@ class Results:
             "rerank": self.rerank,
             "strategy": self.strategy,
             "truncated": self.truncated,
+            "rerank_depth": self.rerank_depth,
         }
 
 
@@ -257,7 +259,8 @@ class Engine:
         batch large enough for the batched path; BM25 when the collection keeps an index; fetching; the
         cross-encoder over one candidate). In a new process Numba loads its cached kernels on first use
         and BM25 reads its index: 0.7-1.2 s of the demo collection's first search on 2 cores. Reads
-        only. Returns the warm-up's own timings in ms, per stage and in total."""
+        only. With a reranker, it measures its cost model too (`Reranker.measure_cost`, for
+        `rerank_budget_ms`). Returns the warm-up's own timings in ms, per stage and in total."""
         t_start = time.perf_counter()
         if not len(self):  # nothing to search: the models only
             t = time.perf_counter()
@@ -274,6 +277,10 @@ class Engine:
         t = time.perf_counter()
         self.collection.search(np.repeat(qv, ExactIndex.BLAS_MIN_QUERIES, axis=0), 1)
         timings["search"] += _ms(t)
+        if self.reranker is not None:  # the cost model a rerank budget reads, measured on this machine
+            t = time.perf_counter()
+            self.reranker.measure_cost()
+            timings["rerank"] += _ms(t)
         return {**timings, "total": _ms(t_start)}
 
     def __repr__(self) -> str:
@@ -367,6 +374,7 @@ class Engine:
         fusion: str = "rrf",
         rerank_blend: float | None = None,
         rerank_depth: int | None = None,
+        rerank_budget_ms: float | None = None,
     ) -> Results:
         """Recall top_k candidates per query, rerank them, return the top_n.
 
@@ -379,6 +387,11 @@ class Engine:
         rerank_depth: how many of the top_k candidates the cross-encoder reads (default: the depth recorded
         for this recall but at least top_n, else all top_k); the rest follow in recall order, below every
         reranked one.
+        rerank_budget_ms: the cross-encoder's time for this call, in ms: the depth is lowered (never
+        raised) to the deepest whose cost fits, predicted by the cost model the reranker measured on this
+        machine (`Reranker.measure_cost`, refreshed by `warmup()`; measured on first use otherwise) from
+        the candidates' token lengths; `Results.rerank_depth` says the depth used (0: none fitted, recall
+        order). None: no budget.
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)
@@ -405,6 +418,11 @@ class Engine:
                 "rerank='cross' needs a reranker: Engine.open(path, reranker=...) (CLI: --reranker default) "
                 "or rerank=None"
             )
+        budget = rerank_budget_ms
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0
+        ):
+            raise ValueError(f"rerank_budget_ms {budget!r}: expected a number of milliseconds >= 0, or None")
         if rerank_blend is not None and not 0.0 <= float(rerank_blend) <= 1.0:
             raise ValueError(f"rerank_blend {rerank_blend!r}: expected 0 <= a <= 1 (1: the reranker alone)")
         timings = {"embed": 0.0, "search": 0.0, "fetch": 0.0, "rerank": 0.0}
@@ -434,6 +452,7 @@ class Engine:
         t = time.perf_counter()
         final = [row[found.ids[i] >= 0].astype(np.float64) for i, row in enumerate(found.scores)]
         own: list[Any] = [()] * len(qs)  # per query, the reranker's scores of its list's head
+        depth_used: int | None = None
         if rerank == "cross":
             assert self.reranker is not None
             done = rerank_lists(
@@ -446,8 +465,10 @@ class Engine:
                 top_k=top_k,
                 depth=rerank_depth,
                 weight=rerank_blend,
+                budget_ms=rerank_budget_ms,
             )
             final, own, truncated["pairs"] = done.final, done.own, done.truncated
+            depth_used = done.depth
         elif rerank == "embedding":
             vecs = self.collection.vectors_of(found.ids)
             cos = np.einsum("qkd,qd->qk", vecs, qv)
@@ -457,7 +478,7 @@ class Engine:
 
         out = [_top(found, i, final[i], own[i], top_n, group) for i in range(len(qs))]
         timings["total"] = _ms(t_start)
-        return Results(qs, out, timings, recall, rerank, found.strategy, truncated)
+        return Results(qs, out, timings, recall, rerank, found.strategy, truncated, depth_used)
 
 
 def _top(found: Found, q: int, final: NDArray[np.float64], own: Any, top_n: int, group: bool) -> list[Hit]:

@@ -45,20 +45,86 @@ def rerank_lists(
     top_k: int,
     depth: int | None = None,
     weight: float | None = None,
+    budget_ms: float | None = None,
 ) -> Reranked:
     """Rerank each query's candidate list (its `texts`, best first, with their first-stage scores `first`):
     the reranker reads the first `depth` (default: the depth it records for `recall`, raised to top_n, or
     all top_k for a reranker without one) and its scores are blended with the first stage's by `weight`
     (default: the weight it records for `recall`, scaled per list by `adaptive_weight` when it records the
-    adaptive scale; a weight given here is used as given)."""
+    adaptive scale; a weight given here is used as given). `budget_ms`: the depth is lowered to the
+    deepest whose predicted cost (`reranker.cost`, a `RerankCost`; measured now if the reranker has none)
+    fits the budget, over all the queries together; 0 when not even one candidate each fits."""
     chosen = reranker.defaults(recall)
     d = depth or max(top_n, chosen.depth or top_k)
-    scored = reranker.score_groups([(q, list(t[:d])) for q, t in zip(queries, texts)])
     a = chosen.blend if weight is None else float(weight)
     adaptive = bool(chosen.adaptive) and weight is None
+    tokens = reranker.tokenize([(q, list(t[:d])) for q, t in zip(queries, texts)])
+    if budget_ms is not None:
+        cost = reranker.cost if reranker.cost is not None else reranker.measure_cost()
+        d = budget_depth(cost, tokens, budget_ms, d, windows=reranker.long_documents == "windows")
+        if d == 0:
+            empty = np.empty(0, np.float32)
+            final = [rerank_head(f, empty, 1.0) for f in first]
+            return Reranked(final, [empty] * len(final), 0, 0, a, adaptive)
+        tokens = tokens.head(d)
+    scored = reranker.score_groups(tokens)
     final = [rerank_head(f, s.scores, a, adaptive=adaptive) for s, f in zip(scored, first)]
     own = [s.scores for s in scored]
     return Reranked(final, own, sum(s.n_truncated for s in scored), d, a, adaptive)
+
+
+@dataclass(frozen=True, slots=True)
+class RerankCost:
+    """What one reranker costs on this machine (`Reranker.measure_cost`): `fixed_ms` a call, and the
+    milliseconds a window of each padded length in `lengths` takes inside a batch (`ms_per_window`);
+    between the lengths it is interpolated, past the longest extrapolated linearly."""
+
+    fixed_ms: float
+    lengths: tuple[int, ...]
+    ms_per_window: tuple[float, ...]
+
+    def estimate(self, window_lengths: ArrayLike) -> float:
+        """Predicted milliseconds to score windows of these token lengths in one call."""
+        lengths = np.asarray(window_lengths, dtype=np.float64)
+        if lengths.size == 0:
+            return 0.0
+        return self.fixed_ms + float(self.per_window(lengths).sum())
+
+    def per_window(self, lengths: NDArray[np.float64]) -> NDArray[np.float64]:
+        xs, ys = np.asarray(self.lengths, np.float64), np.asarray(self.ms_per_window, np.float64)
+        out = np.interp(lengths, xs, ys)
+        if len(xs) > 1:
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            out = np.where(lengths > xs[-1], ys[-1] + slope * (lengths - xs[-1]), out)
+        return np.asarray(out, np.float64)
+
+
+def budget_depth(cost: RerankCost, tokens: Any, budget_ms: float, cap: int, *, windows: bool = True) -> int:
+    """The deepest d <= cap such that reading the first d candidates of every group of `tokens` (a
+    `PairTokens`: pairs, and their overflowing windows when `windows`) is predicted to take at most
+    `budget_ms`."""
+    if not (isinstance(budget_ms, (int, float)) and not isinstance(budget_ms, bool)) or budget_ms < 0:
+        raise ValueError(f"rerank budget {budget_ms!r} ms: expected a number >= 0")
+    per_pair, start = [], 0
+    for size in tokens.sizes:
+        enc = tokens.encodings[start : start + size]
+        start += size
+        ms = [
+            cost.per_window(np.array([len(w.ids) for w in [e, *e.overflowing]], np.float64)).sum()
+            for e in enc
+        ]
+        per_pair.append(np.cumsum(np.asarray(ms, np.float64)))
+    best = 0
+    for d in range(1, cap + 1):
+        total = cost.fixed_ms + sum(float(c[min(d, len(c)) - 1]) for c in per_pair if len(c))
+        if total > budget_ms:
+            break
+        best = d
+    return best
+
+
+def _windows(encoding: Any, windows: bool) -> list[Any]:
+    return [encoding, *encoding.overflowing] if windows else [encoding]
 
 
 def blend(first: ArrayLike, second: ArrayLike, weight: float) -> NDArray[np.float64]:

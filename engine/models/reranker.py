@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from numpy.typing import NDArray
 
 from duorank.model_folder import read_manifest
 from duorank.recall import RECALLS
+from duorank.rerank import RerankCost
 from duorank.validate import check_texts
 
 from .registry import resolve
@@ -48,6 +50,16 @@ class PairTokens:
 
     def __len__(self) -> int:
         return len(self.encodings)
+
+    def head(self, depth: int) -> PairTokens:
+        """The first `depth` pairs of every group."""
+        keep, start, sizes = [], 0, []
+        for size in self.sizes:
+            n = min(size, depth)
+            keep.extend(self.encodings[start : start + n])
+            sizes.append(n)
+            start += size
+        return PairTokens(keep, tuple(sizes), self.query_cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,7 @@ class Reranker(OnnxModel):
         self._query_tok = type(self.tokenizer).from_str(self.tokenizer.to_str())
         self._query_tok.no_truncation()
         self._activation = manifest.get("activation", "identity")
+        self.cost: RerankCost | None = None  # measure_cost(): what a rerank costs on this machine
 
     @classmethod
     def load(
@@ -158,6 +171,23 @@ class Reranker(OnnxModel):
         depth = own.get("depth")
         adaptive = rec.get("scale") == "adaptive"
         return RerankDefaults(float(own.get("blend", 1.0)), None if depth is None else int(depth), adaptive)
+
+    def measure_cost(self, lengths: Sequence[int] = (32, 128, 256), pairs: int = 8) -> RerankCost:
+        """Time this reranker here (best of 3) on `pairs` synthetic pairs padded to each of `lengths` (capped
+        at max_length) and on one short pair; keep the result as `self.cost` (the cost model a rerank
+        budget uses, `duorank.rerank.budget_depth`) and return it. About 0.3 s for the default reranker."""
+        word = "data"
+        sizes = sorted({min(int(n), self.max_length) for n in lengths})
+        per_window = []
+        for n in sizes:
+            text = " ".join([word] * max(1, n - 4))
+            tokens = self.tokenize([(word, [text] * pairs)]).head(pairs)
+            per_window.append(_best_ms(lambda t=tokens: self.score_groups(t)) / pairs)
+        one = self.tokenize([(word, [word])])
+        fixed = max(0.0, _best_ms(lambda: self.score_groups(one)) - per_window[0])
+        self.cost = RerankCost(fixed, tuple(sizes), tuple(per_window))
+        log.info("rerank cost here: %s", self.cost)
+        return self.cost
 
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
         """The reranker's score of each (query, text) pair, float32 (n,), in the order of `texts` (for a
@@ -267,3 +297,12 @@ def _aggregate(raw: NDArray[np.float32], owner: NDArray[np.int64], n: int, how: 
     two = counts >= 2
     out[two] = (raw[order][first[two]] + raw[order][first[two] + 1]) / 2
     return out
+
+
+def _best_ms(fn: Any, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return 1e3 * best

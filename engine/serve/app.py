@@ -105,6 +105,7 @@ class SearchRequest(_Body):
     fusion: Literal["rrf", "weighted"] = "rrf"
     rerank_depth: int | None = Field(None, ge=1)
     rerank_blend: float | None = Field(None, ge=0.0, le=1.0)
+    rerank_budget_ms: float | None = Field(None, ge=0.0)
 
 
 class DocumentsRequest(_Body):
