@@ -47,3 +47,38 @@ def test_mixed_shards_k_beyond_size_and_overlap(rng):
         search_shards([a, c], x[:1], 5)
     with pytest.raises(ValueError, match="no shards"):
         search_shards([], x[:1], 5)
+
+
+def test_shards_of_different_models_or_dimensions_are_refused(tmp_path, rng):
+    """write_shards refuses a set that mixes models or dimensions; read_shards refuses a manifest whose
+    shard entry disagrees with the set, or whose shard folder is not the one recorded."""
+    import json
+
+    from duorank import Collection, IndexFormatError
+    from duorank.shards import SHARDS_FILE, read_shards, write_shards
+
+    for name in ("a", "b"):
+        with Collection.create(tmp_path / name, dim=4) as c:
+            c.add(
+                rng.standard_normal((3, 4)).astype(np.float32),
+                ["x", "y", "z"],
+                [f"{name}{i}" for i in range(3)],
+            )
+    items = [{"path": n, "count": 3, "dim": 4, "model": "m1"} for n in ("a", "b")]
+    with pytest.raises(ValueError, match="shards of different models or dimensions"):
+        write_shards(tmp_path / SHARDS_FILE, [items[0], {**items[1], "model": "m2"}], {})
+    with pytest.raises(ValueError, match="shards of different models or dimensions"):
+        write_shards(tmp_path / SHARDS_FILE, [items[0], {**items[1], "dim": 8}], {})
+    assert not (tmp_path / SHARDS_FILE).exists()
+    write_shards(tmp_path / SHARDS_FILE, items, {})
+    assert read_shards(tmp_path / SHARDS_FILE)["shards"] == 2
+    man = json.loads((tmp_path / SHARDS_FILE).read_text())
+    man["items"][1]["dim"] = 8
+    (tmp_path / SHARDS_FILE).write_text(json.dumps(man))
+    with pytest.raises(IndexFormatError, match=r"shard 1 has model 'm1' dim 8, the set has 'm1' dim 4"):
+        read_shards(tmp_path / SHARDS_FILE)
+    man["items"][1]["dim"] = 4
+    man["items"][1]["manifest_sha256"] = "0" * 64
+    (tmp_path / SHARDS_FILE).write_text(json.dumps(man))
+    with pytest.raises(IndexFormatError, match=r"shard 1 \(.*b\) is missing or is not the one recorded"):
+        read_shards(tmp_path / SHARDS_FILE)
