@@ -53,6 +53,7 @@ def run(eng: Any, ds: Any, **options: Any) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rerank_budget.json")
+    ap.add_argument("--budgets-only", action="store_true", help="leave out the fixed-depth curve")
     args = ap.parse_args()
     from duorank import Engine, machine
     from duorank.eval.datasets import load_beir
@@ -67,12 +68,12 @@ def main() -> int:
         eng.warmup()
         cost = eng.reranker.cost if eng.reranker is not None else None
         print(f"cost model: {cost}", flush=True)
-        for depth in (5, 10, 20, 30):
+        for depth in () if args.budgets_only else (5, 10, 20, 30):
             rows.append(run(eng, ds, rerank_depth=depth))
             print(json.dumps(rows[-1]), flush=True)
         rows.append(run(eng, ds, rerank=None))
         print(json.dumps(rows[-1]), flush=True)
-        for budget in (None, 100, 50, 25):
+        for budget in (None, 200, 100, 50, 25):
             rows.append(run(eng, ds, rerank_budget_ms=budget))
             print(json.dumps(rows[-1]), flush=True)
     model = None

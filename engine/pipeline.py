@@ -387,11 +387,12 @@ class Engine:
         rerank_depth: how many of the top_k candidates the cross-encoder reads (default: the depth recorded
         for this recall but at least top_n, else all top_k); the rest follow in recall order, below every
         reranked one.
-        rerank_budget_ms: the cross-encoder's time for this call, in ms: the depth is lowered (never
-        raised) to the deepest whose cost fits, predicted by the cost model the reranker measured on this
-        machine (`Reranker.measure_cost`, refreshed by `warmup()`; measured on first use otherwise) from
-        the candidates' token lengths; `Results.rerank_depth` says the depth used (0: none fitted, recall
-        order). None: no budget.
+        rerank_budget_ms: the cross-encoder's time for this call, in ms: the depth is the deepest (up to
+        rerank_depth if given, else top_k) whose cost fits, predicted from the candidates' token lengths
+        by the cost model the reranker measured on this machine (`Reranker.measure_cost`, refreshed by
+        `warmup()`; measured on first use otherwise), scaled by how far recent reranks ran past it
+        (`Reranker.cost_scale`); `Results.rerank_depth` says the depth used (0: none fitted, recall
+        order). None: no budget (the depth as above).
         """
         t_start = time.perf_counter()
         qs = [queries] if isinstance(queries, str) else list(queries)

@@ -8,6 +8,7 @@ search returns.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,23 +52,43 @@ def rerank_lists(
     the reranker reads the first `depth` (default: the depth it records for `recall`, raised to top_n, or
     all top_k for a reranker without one) and its scores are blended with the first stage's by `weight`
     (default: the weight it records for `recall`, scaled per list by `adaptive_weight` when it records the
-    adaptive scale; a weight given here is used as given). `budget_ms`: the depth is lowered to the
-    deepest whose predicted cost (`reranker.cost`, a `RerankCost`; measured now if the reranker has none)
-    fits the budget, over all the queries together; 0 when not even one candidate each fits."""
+    adaptive scale; a weight given here is used as given). `budget_ms`: the depth is the deepest, up to
+    `depth` if given, else up to top_k, whose predicted cost (`reranker.cost`, a `RerankCost`, measured
+    now if the reranker has none, times `reranker.cost_scale`, what recent reranks took against their
+    prediction) fits the budget, over all the queries together; 0 when not even one candidate each fits.
+    Each budgeted rerank reports its time (`reranker.observe_cost`)."""
     chosen = reranker.defaults(recall)
-    d = depth or max(top_n, chosen.depth or top_k)
+    d = min(top_k, depth or (top_k if budget_ms is not None else max(top_n, chosen.depth or top_k)))
     a = chosen.blend if weight is None else float(weight)
     adaptive = bool(chosen.adaptive) and weight is None
-    tokens = reranker.tokenize([(q, list(t[:d])) for q, t in zip(queries, texts)])
-    if budget_ms is not None:
+    predicted = 0.0
+    if budget_ms is None:
+        tokens = reranker.tokenize([(q, list(t[:d])) for q, t in zip(queries, texts)])
+    else:
         cost = reranker.cost if reranker.cost is not None else reranker.measure_cost()
-        d = budget_depth(cost, tokens, budget_ms, d, windows=reranker.long_documents == "windows")
+        windows = reranker.long_documents == "windows"
+        # the model's prediction scaled by how far the recent reranks ran past it (Reranker.cost_scale)
+        budget = _check_budget(budget_ms) / reranker.cost_scale
+        # tokenise only as deep as may fit: first as many as fit at max_length a window, then twice that
+        widest = float(cost.per_window(np.array([reranker.max_length], np.float64))[0])
+        k = min(d, max(1, int(budget / max(widest * len(queries), 1e-9)) + 1))
+        while True:
+            tokens = reranker.tokenize([(q, list(t[:k])) for q, t in zip(queries, texts)])
+            fits = budget_depth(cost, tokens, budget, k, windows=windows)
+            if fits < k or k >= d or all(len(t) <= k for t in texts):
+                break
+            k = min(d, 2 * k)
+        d = fits
         if d == 0:
             empty = np.empty(0, np.float32)
             final = [rerank_head(f, empty, 1.0) for f in first]
             return Reranked(final, [empty] * len(final), 0, 0, a, adaptive)
         tokens = tokens.head(d)
+        predicted = cost.estimate([len(w.ids) for e in tokens.encodings for w in _windows(e, windows)])
+    t0 = time.perf_counter()
     scored = reranker.score_groups(tokens)
+    if predicted:
+        reranker.observe_cost(predicted, 1e3 * (time.perf_counter() - t0))
     final = [rerank_head(f, s.scores, a, adaptive=adaptive) for s, f in zip(scored, first)]
     own = [s.scores for s in scored]
     return Reranked(final, own, sum(s.n_truncated for s in scored), d, a, adaptive)
@@ -103,8 +124,7 @@ def budget_depth(cost: RerankCost, tokens: Any, budget_ms: float, cap: int, *, w
     """The deepest d <= cap such that reading the first d candidates of every group of `tokens` (a
     `PairTokens`: pairs, and their overflowing windows when `windows`) is predicted to take at most
     `budget_ms`."""
-    if not (isinstance(budget_ms, (int, float)) and not isinstance(budget_ms, bool)) or budget_ms < 0:
-        raise ValueError(f"rerank budget {budget_ms!r} ms: expected a number >= 0")
+    _check_budget(budget_ms)
     per_pair, start = [], 0
     for size in tokens.sizes:
         enc = tokens.encodings[start : start + size]
@@ -121,6 +141,12 @@ def budget_depth(cost: RerankCost, tokens: Any, budget_ms: float, cap: int, *, w
             break
         best = d
     return best
+
+
+def _check_budget(budget_ms: Any) -> float:
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float, np.floating)) or budget_ms < 0:
+        raise ValueError(f"rerank budget {budget_ms!r} ms: expected a number >= 0")
+    return float(budget_ms)
 
 
 def _windows(encoding: Any, windows: bool) -> list[Any]:

@@ -129,13 +129,17 @@ def test_tei_embed_and_search_equal_the_library(server, kb, default_embedder):
     assert got["recall"] == "hybrid" and got["rerank"] == "cross"
     filtered = _post(server, "/search", {"query": "password", "where": {"topic": "t1"}, "top_k": 6}).json()
     assert {h["metadata"]["topic"] for h in filtered["queries"][0]["hits"]} == {"t1"}
-    # a rerank budget: none fits 0 ms (recall order, depth 0); a generous one keeps the default depth
+    # a rerank budget: none fits 0 ms (recall order, depth 0); in an ample one all of top_k fit
     none = _post(server, "/search", {**body, "rerank_budget_ms": 0}).json()
     assert none["rerank_depth"] == 0 and all(
         h["rerank_score"] is None for q in none["queries"] for h in q["hits"]
     )
-    ample = _post(server, "/search", {**body, "rerank_budget_ms": 1e6}).json()
-    assert ample["rerank_depth"] == got["rerank_depth"] and ample["queries"] == got["queries"]
+    ample = _post(server, "/search", {**body, "rerank_budget_ms": 1e6}).json()  # all of top_k fit
+    with Engine.open(kb) as eng:
+        deep = eng.search(body["query"], top_k=6, top_n=3, recall="hybrid", rerank_depth=6).to_dict()
+    assert ample["rerank_depth"] == 6
+    for g, w in zip(ample["queries"], deep["queries"]):
+        assert [h["id"] for h in g["hits"]] == [h["id"] for h in w["hits"]]
     r = _post(server, "/search", {**body, "rerank_budget_ms": -1})
     assert r.status_code == 422 and r.json()["error"]["param"] == "rerank_budget_ms"
 

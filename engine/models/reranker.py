@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ class Reranker(OnnxModel):
         self._query_tok.no_truncation()
         self._activation = manifest.get("activation", "identity")
         self.cost: RerankCost | None = None  # measure_cost(): what a rerank costs on this machine
+        self._ratios: deque[float] = deque(maxlen=64)  # actual / predicted ms of recent budgeted reranks
 
     @classmethod
     def load(
@@ -173,21 +175,35 @@ class Reranker(OnnxModel):
         return RerankDefaults(float(own.get("blend", 1.0)), None if depth is None else int(depth), adaptive)
 
     def measure_cost(self, lengths: Sequence[int] = (32, 128, 256), pairs: int = 8) -> RerankCost:
-        """Time this reranker here (best of 3) on `pairs` synthetic pairs padded to each of `lengths` (capped
-        at max_length) and on one short pair; keep the result as `self.cost` (the cost model a rerank
-        budget uses, `duorank.rerank.budget_depth`) and return it. About 0.3 s for the default reranker."""
+        """Time this reranker here (median of 5) on `pairs` synthetic pairs padded to each of `lengths`
+        (capped at max_length) and on one short pair; keep the result as `self.cost` (the cost model a
+        rerank budget uses, `duorank.rerank.budget_depth`) and return it. About 0.5 s for the default
+        reranker on 2 cores."""
         word = "data"
         sizes = sorted({min(int(n), self.max_length) for n in lengths})
         per_window = []
         for n in sizes:
             text = " ".join([word] * max(1, n - 4))
             tokens = self.tokenize([(word, [text] * pairs)]).head(pairs)
-            per_window.append(_best_ms(lambda t=tokens: self.score_groups(t)) / pairs)
+            per_window.append(_median_ms(lambda t=tokens: self.score_groups(t)) / pairs)
         one = self.tokenize([(word, [word])])
-        fixed = max(0.0, _best_ms(lambda: self.score_groups(one)) - per_window[0])
+        fixed = max(0.0, _median_ms(lambda: self.score_groups(one)) - per_window[0])
         self.cost = RerankCost(fixed, tuple(sizes), tuple(per_window))
+        self._ratios.clear()
         log.info("rerank cost here: %s", self.cost)
         return self.cost
+
+    def observe_cost(self, predicted_ms: float, actual_ms: float) -> None:
+        """Record what a budgeted rerank took against what `cost` predicted (`duorank.rerank` calls it)."""
+        if predicted_ms > 0 and actual_ms >= 0:
+            self._ratios.append(actual_ms / predicted_ms)
+
+    @property
+    def cost_scale(self) -> float:
+        """The 90th percentile of actual / predicted time over the last 64 budgeted reranks, at least 1
+        (1.0 before any): a budget is divided by it, so that a busy machine, or one slower than when
+        `measure_cost` ran, gets shallower reranks rather than late ones."""
+        return max(1.0, float(np.percentile(self._ratios, 90))) if self._ratios else 1.0
 
     def score(self, query: str, texts: Sequence[str], *, progress: bool | None = None) -> NDArray[np.float32]:
         """The reranker's score of each (query, text) pair, float32 (n,), in the order of `texts` (for a
@@ -299,10 +315,10 @@ def _aggregate(raw: NDArray[np.float32], owner: NDArray[np.int64], n: int, how: 
     return out
 
 
-def _best_ms(fn: Any, repeats: int = 3) -> float:
-    best = float("inf")
+def _median_ms(fn: Any, repeats: int = 5) -> float:
+    times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return 1e3 * best
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
