@@ -74,8 +74,6 @@ def main() -> int:
     args = ap.parse_args()
     from duorank import Embedder, machine
     from duorank.eval import hsk, run
-    from duorank.eval.first_stage import FirstStage
-    from duorank.eval.metrics import evaluate, run_from_hits
 
     info = machine.describe()
     print(f"machine: {machine.summary(info)}", flush=True)
@@ -102,13 +100,10 @@ def main() -> int:
     print(json.dumps(result["bitext"]), flush=True)
 
     data = hsk.spans(1000, seed=0)
-    ids, texts = list(data.corpus), list(data.corpus.values())
-    queries = list(data.queries.values())
     lexical = {}
     for analyzer in ("cjk", "standard", "jieba"):
-        hits = FirstStage(texts, bm25=True, analyzer=analyzer).search("bm25", queries, 10)
-        run_ = run_from_hits(hits, list(data.queries), ids)
-        lexical[analyzer] = evaluate(data.qrels, run_, ["recall@10", "ndcg@10"]).mean
+        bm25 = run.retrieval(data, systems=["bm25"], top_k=10, top_n=10, analyzer=analyzer)
+        lexical[analyzer] = bm25.systems[0].result.mean
     result["spans_bm25"] = lexical
     report = run.retrieval(data, emb, systems=["bm25", "dense", "hybrid"], top_k=100, top_n=10)
     result["spans_systems"] = {

@@ -245,18 +245,13 @@ def test_bm25_finds_chinese_spans_with_the_cjk_analyzer() -> None:
     """Known-item spans of 3-8 characters over the first 1,500 HSK sentences: recall@10 >= 0.95 with
     character bigrams; the whitespace analyzer finds a span only where it is a whole sentence-like token
     (all 4,354 sentences and 1,000 spans: bench/multilingual.py)."""
-    from duorank.eval import hsk
-    from duorank.eval.first_stage import FirstStage
-    from duorank.eval.metrics import evaluate, run_from_hits
+    from duorank.eval import hsk, run
 
     data = hsk.spans(200, seed=1, limit=1500)
-    ids, texts = list(data.corpus), list(data.corpus.values())
-    queries = list(data.queries.values())
     recall = {}
     for analyzer in ("cjk", "standard", "jieba"):
-        hits = FirstStage(texts, bm25=True, analyzer=analyzer).search("bm25", queries, 10)
-        run = run_from_hits(hits, list(data.queries), ids)
-        recall[analyzer] = evaluate(data.qrels, run, ["recall@10"]).mean["recall@10"]
+        report = run.retrieval(data, systems=["bm25"], top_k=10, top_n=10, analyzer=analyzer)
+        recall[analyzer] = report.systems[0].result.mean["recall@10"]
     assert recall["cjk"] >= 0.95, recall
     assert recall["standard"] < 0.2 < recall["jieba"], recall
 
