@@ -6,6 +6,8 @@
   query got (mean, min, max), nDCG@10 and the search's p50 / p99.
 
     python bench/rerank_budget.py          # ~12 min here
+    python bench/rerank_budget.py --reranker fast --depths 5,10,20,30,50 \
+        --out bench/results/rerank_budget_fast.json
 
 Needs ../shared/data/scifact. Prints the table; saves bench/results/rerank_budget.json.
 """
@@ -54,6 +56,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rerank_budget.json")
     ap.add_argument("--budgets-only", action="store_true", help="leave out the fixed-depth curve")
+    ap.add_argument("--reranker", default="default", help="reranker name or folder (default, fast, ...)")
+    ap.add_argument("--depths", default="5,10,20,30", help="the fixed depths of the curve")
     args = ap.parse_args()
     from duorank import Engine, machine
     from duorank.eval.datasets import load_beir
@@ -62,13 +66,17 @@ def main() -> int:
     print(f"machine: {machine.summary(info)}", flush=True)
     ds = load_beir(SHARED_DATA / "scifact", "test")
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, Engine.create(Path(tmp) / "kb", "default", "default") as eng:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Engine.create(Path(tmp) / "kb", "default", args.reranker) as eng,
+    ):
         ids = list(ds.corpus)
         eng.add([ds.corpus[i] for i in ids], ids, progress=False)
         eng.warmup()
         cost = eng.reranker.cost if eng.reranker is not None else None
         print(f"cost model: {cost}", flush=True)
-        for depth in () if args.budgets_only else (5, 10, 20, 30):
+        depths = [int(d) for d in args.depths.split(",") if d.strip()]
+        for depth in () if args.budgets_only else depths:
             rows.append(run(eng, ds, rerank_depth=depth))
             print(json.dumps(rows[-1]), flush=True)
         rows.append(run(eng, ds, rerank=None))
@@ -79,7 +87,7 @@ def main() -> int:
     model = None
     if cost is not None:
         model = {"lengths": cost.lengths, "ms_per_window": cost.ms_per_window, "fixed_ms": cost.fixed_ms}
-    result = {"machine": info, "cost_model": model, "rows": rows}
+    result = {"machine": info, "reranker": args.reranker, "cost_model": model, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(table(rows))

@@ -33,9 +33,9 @@ def models_dir() -> Path:
     return home() / "models"
 
 
-# The default reranker ships inside the package (int8, 23 MB): trained here by `duorank models
-# train-reranker` (docs/training.md); no download, no torch.
-PACKAGED = {"reranker": Path(__file__).parent / "weights" / "reranker"}
+# The models that ship inside the package, by (kind, name): trained here by `duorank models train-reranker`
+# (docs/training.md); no download, no torch. The default reranker: 6 layers, int8, 23 MB.
+PACKAGED = {("reranker", "default"): Path(__file__).parent / "weights" / "reranker"}
 
 
 def read_manifest(folder: Path, *, verify: bool = True) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def record_defaults(folder: Path, choice: dict[str, Any], *, provenance: bool = 
     manifest["rerank"] = {"blend": choice["blend"], "depth": choice["depth"], "long_documents": "truncate"}
     if choice.get("scale"):
         manifest["rerank"]["scale"] = choice["scale"]
+    if choice.get("max_length"):  # the window length chosen on dev (`choose_defaults(max_lengths=...)`)
+        manifest["rerank"]["max_length"] = int(choice["max_length"])
     if len(choice["per_dataset"]) == 1:
         # Chosen on one domain (the user's own labelled queries): a weight and depth per first stage fit
         # that domain. With several dev domains the model is meant for any domain, and one weight is the

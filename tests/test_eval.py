@@ -298,6 +298,47 @@ def test_runner_plumbing_on_a_small_dataset(tmp_path, default_embedder, tiny_rer
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     with pytest.raises(ValueError, match="unknown systems"):
         run.retrieval(ds, default_embedder, systems=["splade"])
+
+
+def test_a_second_reranker_at_its_defaults_equal_depth_and_equal_latency(
+    tmp_path, default_embedder, tiny_reranker
+):
+    """challenger=(label, reranker): its rows beside the first reranker's; @depth reads the depth the
+    first read on hybrid, @latency runs under a budget of the first's measured p50 rerank time; every
+    hybrid+ row is compared with hybrid alone too."""
+    from duorank.eval import run
+    from duorank.models import Reranker
+
+    ds = load_beir(_beir(tmp_path / "mini"))
+    other = Reranker.load(tiny_reranker.folder, max_length=32)
+    rep = run.retrieval(
+        ds,
+        default_embedder,
+        reranker=tiny_reranker,
+        top_k=3,
+        top_n=2,
+        latency_queries=2,
+        systems=["dense", "hybrid", "hybrid+cross"],
+        challenger=("small", other),
+    )
+    names = [s.name for s in rep.systems]
+    assert names == ["dense", "hybrid", "hybrid+cross", "dense+small", "hybrid+small", "hybrid+small@depth",
+                     "hybrid+small@latency"]  # fmt: skip
+    settings, by = rep.config["rerank"], {s.name: s for s in rep.systems}
+    assert settings["hybrid+small@depth"]["depth"] == settings["hybrid+cross"]["depth"] == 3
+    budget = by["hybrid+cross"].latency_ms["rerank"]["p50"]
+    assert settings["hybrid+small@latency"]["budget_ms"] == round(budget, 1)
+    assert 0 <= settings["hybrid+small@latency"]["depth"] <= 3
+    assert rep.config["challenger"]["label"] == "small"
+    against = {c.system for c in rep.comparisons if c.baseline == "hybrid"}
+    assert against == {"hybrid+cross", "hybrid+small", "hybrid+small@depth", "hybrid+small@latency"}
+    text = rep.to_markdown()
+    assert "Against hybrid (Holm-corrected over these): hybrid+cross:" in text
+    assert "the deepest that fit a budget of" in text
+    with pytest.raises(ValueError, match="compared with `reranker` on hybrid\\+cross"):
+        run.retrieval(ds, default_embedder, systems=["dense"], challenger=("small", other))
+    with pytest.raises(ValueError, match="challenger label 'a b'"):
+        run.retrieval(ds, default_embedder, reranker=tiny_reranker, challenger=("a b", other))
     with pytest.raises(ValueError, match="need a reranker"):
         run.retrieval(ds, default_embedder, systems=["dense+cross"])
 

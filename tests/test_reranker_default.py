@@ -24,7 +24,7 @@ def default_reranker():
 
 def test_what_ships(default_reranker):
     rr = default_reranker
-    folder = PACKAGED["reranker"]
+    folder = PACKAGED["reranker", "default"]
     assert rr.folder == folder and rr.variant == "int8"  # the only variant shipped: the smallest
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size <= 25 * 2**20, f"{size / 2**20:.1f} MiB"
@@ -156,7 +156,7 @@ def test_int8_on_gpus_runs_in_fp16(default_reranker):
 
 
 def test_missing_packaged_model_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setitem(PACKAGED, "reranker", tmp_path / "nowhere")
+    monkeypatch.setitem(PACKAGED, ("reranker", "default"), tmp_path / "nowhere")
     with pytest.raises(ModelError, match="the default reranker is missing from this installation"):
         Reranker.load("default")
 

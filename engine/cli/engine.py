@@ -152,7 +152,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..pipeline import Engine
 
     # the packaged cross-encoder reranks when this installation has it (else: cosine with the query)
-    reranker = "default" if (PACKAGED["reranker"] / MANIFEST).is_file() else None
+    reranker = "default" if (PACKAGED["reranker", "default"] / MANIFEST).is_file() else None
     folder = (
         demo.folder()
         if args.max_documents is None

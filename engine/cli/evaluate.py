@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from .options import SPIN_HELP, device_options
@@ -29,7 +30,8 @@ def add(sub: Any) -> None:
     r = esub.add_parser(
         "retrieval",
         help="BM25, dense, hybrid and reranked systems side by side",
-        epilog="example: duorank eval retrieval --data ./scifact --out report/",
+        epilog="examples:\n  duorank eval retrieval --data ./scifact --out report/\n"
+        "  duorank eval retrieval --data ./scifact --reranker default --compare-reranker fast",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.set_defaults(run=_retrieval)
@@ -43,6 +45,12 @@ def add(sub: Any) -> None:
     r.add_argument("--split", default="test")
     r.add_argument("--model", default="default", help="embedder name or folder (default: %(default)s)")
     r.add_argument("--reranker", help="cross-encoder name or folder: adds the +cross systems")
+    r.add_argument(
+        "--compare-reranker",
+        metavar="NAME",
+        help="a second cross-encoder beside --reranker (e.g. fast): its rows at its own defaults, at "
+        "--reranker's depth and at --reranker's latency",
+    )
     r.add_argument("--top-k", type=int, default=100, help="first-stage candidates (default: %(default)s)")
     r.add_argument(
         "--top-n", type=int, default=10, help="cutoff of the headline metrics (default: %(default)s)"
@@ -143,8 +151,23 @@ def _retrieval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         else None
     )
     systems = args.systems.split(",") if args.systems else None
+    challenger = None
+    if args.compare_reranker:
+        if rr is None:
+            parser.error("--compare-reranker needs --reranker (the reranker it is compared with)")
+        second = Reranker.load(
+            args.compare_reranker, device=args.device, threads=args.threads, spin=args.spin
+        )
+        challenger = (Path(args.compare_reranker).name, second)
     report = run.retrieval(
-        data, emb, reranker=rr, top_k=args.top_k, top_n=args.top_n, systems=systems, analyzer=args.analyzer
+        data,
+        emb,
+        reranker=rr,
+        top_k=args.top_k,
+        top_n=args.top_n,
+        systems=systems,
+        analyzer=args.analyzer,
+        challenger=challenger,
     )
     if args.out:
         for path in save(report, args.out):

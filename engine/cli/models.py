@@ -87,7 +87,8 @@ def add(sub: Any) -> None:
         "losing on any dataset against the same first stage alone, and record it in FOLDER's manifest: "
         "with one --data and no --python-docs, one pair per first stage (search uses the pair for the "
         "--recall it runs); with several dev domains, one pair for all.",
-        epilog="example:\n  duorank models choose-blend ./reranker --data ./my-qrels --python-docs 200",
+        epilog="examples:\n  duorank models choose-blend ./reranker --data ./my-qrels --python-docs 200\n"
+        "  duorank models choose-blend ./reranker --data ./my-qrels --max-lengths 128,192,256",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cb.set_defaults(run=_choose_blend)
@@ -97,6 +98,12 @@ def add(sub: Any) -> None:
     cb.add_argument(
         "--python-docs", type=int, default=0, metavar="N", help="add N Python-docs pseudo-queries"
     )
+    cb.add_argument(
+        "--max-lengths",
+        metavar="N,N,...",
+        help="choose at each window length too (e.g. 128,192,256) and record the shortest within a "
+        "quarter point of the best",
+    )
     split_options(cb)
     tr = msub.add_parser(
         "train-reranker",
@@ -105,7 +112,8 @@ def add(sub: Any) -> None:
         "BEIR dataset (never its test split), choose the blend weight and rerank depth on a held-out dev "
         "part, and export it through the parity gate. Needs the [export] extra (torch, transformers).",
         epilog="examples:\n  duorank models train-reranker --data ./scifact --out ./reranker\n"
-        "  duorank models train-reranker --base ./my-encoder --data ./my-qrels --out ./rr --epochs 3",
+        "  duorank models train-reranker --base ./my-encoder --data ./my-qrels --out ./rr --epochs 3\n"
+        "  duorank models train-reranker --data set.json.gz --layers 2 --teacher default --out ./fast",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.set_defaults(run=_train_reranker)
@@ -151,6 +159,17 @@ def add(sub: Any) -> None:
     )
     tr.add_argument("--distill-weight", type=float, default=1.0, help="weight of that loss (default: 1)")
     tr.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train")
+    tr.add_argument(
+        "--layers", type=int, metavar="N", help="keep the base's first N encoder layers (a faster student)"
+    )
+    tr.add_argument(
+        "--teacher",
+        metavar="RERANKER",
+        help="learn this reranker's scores of each group too (a name such as default, or a folder)",
+    )
+    tr.add_argument(
+        "--teacher-weight", type=float, default=1.0, help="weight of the teacher loss (default: 1)"
+    )
     tr.add_argument(
         "--train-seed",
         type=int,
@@ -249,7 +268,13 @@ def _choose_blend(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from ..models_export.train import TrainConfig, choose_defaults
 
     cfg = TrainConfig(dev_fraction=args.dev_fraction, seed=args.seed, python_docs=args.python_docs)
-    choice = choose_defaults(args.folder, args.data, split=args.split, config=cfg)
+    lengths = None
+    if args.max_lengths:
+        try:
+            lengths = [int(x) for x in args.max_lengths.split(",") if x.strip()]
+        except ValueError:
+            parser.error(f"--max-lengths {args.max_lengths!r}: expected comma-separated integers")
+    choice = choose_defaults(args.folder, args.data, split=args.split, config=cfg, max_lengths=lengths)
     print(json.dumps({k: v for k, v in choice.items() if k != "grid"}))
     return 0
 
@@ -284,6 +309,9 @@ def _train_reranker(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         distill_weight=args.distill_weight,
         device=args.device,
         train_seed=args.train_seed,
+        layers=args.layers,
+        teacher=args.teacher,
+        teacher_weight=args.teacher_weight,
     )
     base = args.base or weights_folder("default")[0]
     data = args.data[0] if is_prepared(args.data[0]) else args.data

@@ -19,7 +19,7 @@ def markdown(report: Any) -> str:
     """One row per system: metrics (x100), latency p50/p99 per stage, throughput; * = significant vs dense."""
     metrics = report.config["metrics"]
     primary = f"ndcg@{report.config['top_n']}"
-    sig = {c.system: c for c in report.comparisons}
+    sig = {c.system: c for c in report.comparisons if c.baseline == "dense"}
     head = [
         "system",
         *map(_label, metrics),
@@ -55,15 +55,23 @@ def markdown(report: Any) -> str:
     )
     for name, s in (report.config.get("rerank") or {}).items():
         scale = ", scaled per list by the adaptive weight" if s["adaptive"] else ""
-        lines.append(f"{name}: the reranker read the top {s['depth']}, blend weight {s['blend']}{scale}.")
-    if report.comparisons:
+        budget = f" (the deepest that fit a budget of {s['budget_ms']} ms)" if s.get("budget_ms") else ""
         lines.append(
-            f"`*`: {_label(primary)} differs from dense with Holm-corrected p < 0.05 "
-            "(paired randomization test, 10,000 resamples). "
+            f"{name}: the reranker read the top {s['depth']}{budget}, blend weight {s['blend']}{scale}."
+        )
+    for baseline in dict.fromkeys(c.baseline for c in report.comparisons):
+        against = [c for c in report.comparisons if c.baseline == baseline]
+        lines.append(
+            (
+                f"`*`: {_label(primary)} differs from dense with Holm-corrected p < 0.05 "
+                "(paired randomization test, 10,000 resamples). "
+                if baseline == "dense"
+                else f"Against {baseline} (Holm-corrected over these): "
+            )
             + "; ".join(
                 f"{c.system}: {100 * c.mean_diff:+.2f} "
                 f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}], p={c.p_holm:.3g}"
-                for c in report.comparisons
+                for c in against
             )
         )
     return "\n".join(lines) + "\n"

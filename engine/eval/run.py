@@ -135,9 +135,16 @@ def retrieval(
     seed: int = 0,
     cache: bool = True,
     analyzer: str | None = None,
+    challenger: tuple[str, Any] | None = None,
 ) -> RetrievalReport:
     """Run every configuration on `dataset` and return the report (see the module docstring); `analyzer`:
-    BM25's (duorank.analyzers; default: the default of new collections)."""
+    BM25's (duorank.analyzers; default: the default of new collections).
+
+    `challenger` = (label, a second reranker), for instance ("fast", Reranker.load("fast")), beside
+    `reranker`: adds `dense+LABEL` and `hybrid+LABEL` (at its own recorded defaults), `hybrid+LABEL@depth`
+    (at the depth `reranker` reads on hybrid: equal depth) and `hybrid+LABEL@latency` (one query at a
+    time under a rerank budget of `reranker`'s measured p50 rerank time on hybrid: equal latency). The
+    reranked systems are also compared with hybrid alone."""
     from duorank.rerank import rerank_lists
 
     if top_n > top_k:
@@ -151,6 +158,13 @@ def retrieval(
         raise ValueError(f"systems {wanted} need an embedder")
     if any("cross" in s for s in wanted) and reranker is None:
         raise ValueError("the +cross systems need a reranker")
+    if challenger is not None:
+        label = challenger[0]
+        if reranker is None or "hybrid+cross" not in wanted:
+            raise ValueError("a challenger reranker is compared with `reranker` on hybrid+cross: give both")
+        if not label or any(c in label for c in "+@ "):
+            raise ValueError(f"challenger label {label!r}: expected a non-empty name without '+', '@', ' '")
+        wanted += [f"dense+{label}", f"hybrid+{label}", f"hybrid+{label}@depth", f"hybrid+{label}@latency"]
     metrics = retrieval_metrics(top_k, top_n)
     doc_ids = dataset.doc_ids()
     texts = [dataset.corpus[d] for d in doc_ids]
@@ -177,20 +191,28 @@ def retrieval(
 
     settings: dict[str, dict[str, Any]] = {}  # per +cross system: the rerank depth and blend in force
 
-    def rerank_cross(recall: str) -> Callable[[list[str], _Timer], Hits]:
+    latency: dict[str, dict[str, dict[str, float]]] = {}  # per system run so far: its latency_ms
+
+    def rerank_cross(
+        recall: str, name: str, model: Any, *, same_depth: bool = False, same_time: bool = False
+    ) -> Callable[[list[str], _Timer], Hits]:
         """`Engine.search`'s rerank (`rerank_lists`, the reranker's recorded depth and blend for this recall)
-        over this recall's top_k."""
+        over this recall's top_k; `same_depth`: at the depth `reranker` read on hybrid; `same_time`: under
+        a budget of `reranker`'s p50 rerank time on hybrid, one query at a time (a budget is per search)."""
         first = {"dense": dense, "hybrid": hybrid}[recall]
 
         def go(qs: list[str], timer: _Timer) -> Hits:
+            if same_time and len(qs) > 1:
+                parts = [go([q], timer) for q in qs]
+                return Hits(np.concatenate([h.ids for h in parts]), np.concatenate([h.scores for h in parts]))
+            depth = settings["hybrid+cross"]["depth"] if same_depth else None
+            budget = latency["hybrid+cross"]["rerank"]["p50"] if same_time else None
             hits = first(qs, timer)
             cand = timer("fetch", lambda: [[texts[i] for i in row[row >= 0]] for row in hits.ids])
             scores = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
-            done = timer(
-                "rerank",
-                lambda: rerank_lists(reranker, qs, cand, scores, recall=recall, top_n=top_n, top_k=top_k),
-            )
-            settings[f"{recall}+cross"] = done.settings()
+            how = {"recall": recall, "top_n": top_n, "top_k": top_k, "depth": depth, "budget_ms": budget}
+            done = timer("rerank", lambda: rerank_lists(model, qs, cand, scores, **how))
+            settings[name] = {**done.settings(), **({"budget_ms": round(budget, 1)} if budget else {})}
             return _reorder(hits, done.final)
 
         return go
@@ -207,9 +229,19 @@ def retrieval(
         "dense": dense,
         "hybrid": hybrid,
         "bm25+embedding": rerank_embedding,
-        "dense+cross": rerank_cross("dense"),
-        "hybrid+cross": rerank_cross("hybrid"),
+        "dense+cross": rerank_cross("dense", "dense+cross", reranker),
+        "hybrid+cross": rerank_cross("hybrid", "hybrid+cross", reranker),
     }
+    if challenger is not None:
+        label, model = challenger
+        runners[f"dense+{label}"] = rerank_cross("dense", f"dense+{label}", model)
+        runners[f"hybrid+{label}"] = rerank_cross("hybrid", f"hybrid+{label}", model)
+        runners[f"hybrid+{label}@depth"] = rerank_cross(
+            "hybrid", f"hybrid+{label}@depth", model, same_depth=True
+        )
+        runners[f"hybrid+{label}@latency"] = rerank_cross(
+            "hybrid", f"hybrid+{label}@latency", model, same_time=True
+        )
     results = []
     for name in wanted:
         fn = runners[name]
@@ -231,6 +263,7 @@ def retrieval(
         except ValueError:  # no query with both a relevant and a non-relevant candidate
             pair_acc = None
         results.append(SystemResult(name, res, run, timer.summary(), qps, curve, pair_acc))
+        latency[name] = results[-1].latency_ms
         log.info("%s: %s", name, {m: round(v, 4) for m, v in res.mean.items()})
 
     primary = f"ndcg@{top_n}"
@@ -238,6 +271,14 @@ def retrieval(
     if "dense" in wanted and len(wanted) > 1:
         comparisons = compare(
             {s.name: s.result.per_query[primary] for s in results}, "dense", primary, seed=seed
+        )
+    reranked = [s for s in results if s.name.startswith("hybrid+")]
+    if "hybrid" in wanted and reranked:  # does reranking beat the first stage it reads?
+        comparisons += compare(
+            {s.name: s.result.per_query[primary] for s in results if s.name.startswith("hybrid")},
+            "hybrid",
+            primary,
+            seed=seed,
         )
     config = {
         "top_k": top_k,
@@ -249,6 +290,9 @@ def retrieval(
         "latency_queries": len(sample),
         "embedder": _model_config(embedder),
         "reranker": _model_config(reranker),
+        "challenger": (
+            {"label": challenger[0], **(_model_config(challenger[1]) or {})} if challenger else None
+        ),
         "rerank": settings,
         "bm25": stage.bm25.config if stage.bm25 else None,
         "versions": _versions(),

@@ -18,7 +18,7 @@ def known_names() -> list[str]:
         if models_dir().is_dir()
         else []
     )
-    return sorted(set(BUILTIN) | set(cached))
+    return sorted(set(BUILTIN) | {name for _, name in PACKAGED} | set(cached))
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -31,9 +31,9 @@ def list_models() -> list[dict[str, Any]]:
         folder = models_dir() / spec["folder"]
         seen.add(folder.name)
         rows.append({"name": name, "kind": spec["kind"], "model": spec["model"], **_describe(folder)})
-    for kind, folder in PACKAGED.items():
+    for (kind, name), folder in PACKAGED.items():
         if (folder / MANIFEST).is_file():
-            rows.append({"name": "default", "kind": kind, "model": "packaged", **_describe(folder)})
+            rows.append({"name": name, "kind": kind, "model": "packaged", **_describe(folder)})
     if models_dir().is_dir():
         for folder in sorted(models_dir().iterdir()):
             if folder.name not in seen and (folder / MANIFEST).is_file():
@@ -80,12 +80,13 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str) -> Path:
     cached = models_dir() / name
     if (cached / MANIFEST).is_file():
         return cached
-    if name == "default" and kind in PACKAGED:
-        if (PACKAGED[kind] / MANIFEST).is_file():
-            return PACKAGED[kind]
+    if (kind, name) in PACKAGED:
+        if (PACKAGED[kind, name] / MANIFEST).is_file():
+            return PACKAGED[kind, name]
         raise ModelError(
-            f"the default {kind} is missing from this installation ({PACKAGED[kind]}); reinstall duorank, "
-            "or pass a reranker folder made by `duorank models train-reranker` or `duorank models export`"
+            f"the {name} {kind} is missing from this installation ({PACKAGED[kind, name]}); reinstall "
+            "duorank, or pass a reranker folder made by `duorank models train-reranker` or "
+            "`duorank models export`"
         )
     if name in BUILTIN:
         if BUILTIN[name]["kind"] != kind:

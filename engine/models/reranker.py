@@ -94,9 +94,14 @@ class Reranker(OnnxModel):
         stride: int | None,
         aggregate: str,
         max_query_tokens: int | None,
+        max_length: int | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(folder, manifest, **kw)
+        if max_length is not None:
+            if not 16 <= max_length <= self.max_length:
+                raise ValueError(f"max_length {max_length}: expected 16..{self.max_length} (the model's)")
+            self.max_length = int(max_length)
         if long_documents not in ("windows", "truncate"):
             raise ValueError(f"long_documents {long_documents!r}, expected 'windows' or 'truncate'")
         if aggregate not in ("max", "mean_top2"):
@@ -129,15 +134,21 @@ class Reranker(OnnxModel):
         stride: int | None = None,
         aggregate: str = "max",
         max_query_tokens: int | None = None,
+        max_length: int | None = None,
         spin: bool = False,
         verify: bool = True,
     ) -> Reranker:
         """long_documents: None takes the model's recorded choice (a reranker trained on truncated
-        documents records "truncate"), else "windows". spin: as `Embedder.load`."""
+        documents records "truncate"), else "windows". max_length: tokens a (query, text) window holds,
+        at most the model's; None takes the length recorded as the best for this model on its dev set
+        (`rerank.max_length`), else the model's. spin: as `Embedder.load`."""
         folder = resolve(name_or_path, cls.kind)
         manifest = read_manifest(folder, verify=verify)
+        recorded = manifest.get("rerank") or {}
         if long_documents is None:
-            long_documents = str((manifest.get("rerank") or {}).get("long_documents", "windows"))
+            long_documents = str(recorded.get("long_documents", "windows"))
+        if max_length is None and recorded.get("max_length") is not None:
+            max_length = int(recorded["max_length"])
         return cls(
             folder,
             manifest,
@@ -149,6 +160,7 @@ class Reranker(OnnxModel):
             stride=stride,
             aggregate=aggregate,
             max_query_tokens=max_query_tokens,
+            max_length=max_length,
             spin=spin,
         )
 

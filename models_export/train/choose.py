@@ -114,18 +114,47 @@ def choose_defaults(
     *,
     split: str = "train",
     config: TrainConfig | None = None,
+    max_lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Choose (again) the blend weight and depth of a reranker folder on the dev queries of `data` (the
     same seeded split as training with `config`), score with its ONNX graph, and record them in its
-    manifest. Returns the choice. Use it to tune a trained reranker for your own labelled queries."""
+    manifest. Returns the choice. Use it to tune a trained reranker for your own labelled queries.
+
+    `max_lengths` (for instance 128, 192, 256): the choice is made at each of these window lengths, and
+    the shortest whose best dev nDCG@10 is within TOLERANCE of the best length's is recorded with its
+    choice (`rerank.max_length`, which `Reranker.load` then uses): a shorter window costs less per pair.
+    The curve (length, dev nDCG@10, the choice, ms a window here) is recorded too. Without it, the
+    length the model records (else its own) is kept."""
     from duorank.models import Reranker
 
     cfg = config or TrainConfig()
     if split == "test":
         raise ValueError("the test split is never used to choose: give 'train' (or your own split)")
     parts = [prepare_part(ds, cfg) for ds in load_datasets(data, split, cfg)]
-    rr = Reranker.load(folder, long_documents="truncate")
-    choice = choose_blend(pair_scorer(rr), parts, cfg, adaptive=sigmoid_head(rr))
+    if not max_lengths:
+        rr = Reranker.load(folder, long_documents="truncate")
+        choice = choose_blend(pair_scorer(rr), parts, cfg, adaptive=sigmoid_head(rr))
+        choice["max_length"] = rr.max_length
+        record_defaults(Path(folder), choice, provenance=True)
+        return choice
+    by_length, curve = {}, []
+    for n in sorted({int(x) for x in max_lengths}):
+        rr = Reranker.load(folder, long_documents="truncate", max_length=n)
+        c = choose_blend(pair_scorer(rr), parts, cfg, adaptive=sigmoid_head(rr))
+        cost = rr.measure_cost(lengths=(n,))
+        by_length[n] = c
+        curve.append(
+            {
+                "max_length": n,
+                "dev_ndcg@10": c["dev_ndcg@10"],
+                **{k: c[k] for k in ("source", "depth", "blend")},
+                "ms_per_window": round(cost.ms_per_window[0], 3),
+            }
+        )
+        log.info("max_length %d: %s", n, curve[-1])
+    top = max(r["dev_ndcg@10"] for r in curve)
+    n = min(r["max_length"] for r in curve if r["dev_ndcg@10"] >= top - TOLERANCE)
+    choice = {**by_length[n], "max_length": n, "max_length_curve": curve}
     record_defaults(Path(folder), choice, provenance=True)
     return choice
 

@@ -33,6 +33,9 @@ class TrainConfig:
     distill_batch: int = 32  # distillation pairs per step
     device: str = "cpu"  # "cuda": train on a GPU (bf16 autocast is native there)
     train_seed: int | None = None  # seed of initialisation, example order and sampled negatives (None: seed)
+    layers: int | None = None  # keep the base's first N encoder layers (a smaller, faster student)
+    teacher: str | None = None  # a reranker (name or folder) whose scores of each group the model learns
+    teacher_weight: float = 1.0  # weight of the teacher loss (KL of the group softmaxes) next to the labels
 
     def __post_init__(self) -> None:
         if self.batch_size % self.group_size or self.group_size < 2:
@@ -48,6 +51,10 @@ class TrainConfig:
                 f"distill {self.distill}, distill_weight {self.distill_weight}, distill_batch "
                 f"{self.distill_batch}: expected pairs >= 0, weight >= 0, batch >= 2"
             )
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"layers {self.layers}: expected >= 1 (or None: all of the base's)")
+        if self.teacher_weight < 0:
+            raise ValueError(f"teacher_weight {self.teacher_weight}: expected >= 0")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r}: expected 'cpu' or 'cuda'")
         unknown = set(self.sources) - {"dense", "bm25"}

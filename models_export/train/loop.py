@@ -100,7 +100,12 @@ def train_reranker(
     )
 
     tok = transformers.AutoTokenizer.from_pretrained(str(base))
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    model = _student(transformers, base, cfg.layers)
+    teacher = None
+    if cfg.teacher is not None and cfg.teacher_weight > 0:
+        from .teacher import Teacher
+
+        teacher = Teacher(cfg.teacher, max_length=cfg.max_length, device=cfg.device)
     model.to(device)
     model.train()
     groups_per_step = cfg.batch_size // cfg.group_size
@@ -138,14 +143,22 @@ def train_reranker(
                     if report.steps >= total:
                         break
                     batch = order[i : i + groups_per_step]
-                    pairs = []
+                    pairs, targets = [], []
                     for p, q, pos in batch:
                         ds, pool = parts[p].ds, parts[p].negatives[q]
                         k = cfg.group_size - 1
                         negs = rng.sample(pool, k) if len(pool) >= k else [rng.choice(pool) for _ in range(k)]
                         pairs += [(ds.queries[q], ds.corpus[d]) for d in [pos, *negs]]
-                    loss = _group_loss(torch, model, tok, pairs, len(batch), cfg)
+                        if teacher is not None:
+                            keyed = [((p, q, d), ds.corpus[d]) for d in [pos, *negs]]
+                            targets.append(teacher.logits(ds.queries[q], keyed))
+                    logits = _logits(torch, model, tok, pairs, cfg).view(len(batch), cfg.group_size)
+                    loss = _group_loss(torch, logits)
                     shown = {"loss": f"{float(loss.detach()):.3f}"}
+                    if teacher is not None:
+                        t_loss = _teacher_loss(torch, logits, np.stack(targets))
+                        loss = loss + cfg.teacher_weight * t_loss
+                        shown["teacher"] = f"{float(t_loss.detach()):.3f}"
                     if distilling:
                         n = min(cfg.distill_batch, len(prep.distill_train))
                         chosen = distill_rng.sample(prep.distill_train, n)
@@ -226,6 +239,7 @@ def train_reranker(
             "train_queries": {p.ds.name: len(p.train_q) for p in parts},
             "dev_queries": {p.ds.name: len(p.dev_q) for p in parts},
             "distill_pairs": {"train": len(prep.distill_train), "dev": len(prep.distill_dev)},
+            **({"teacher": teacher.provenance()} if teacher is not None else {}),
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "hardware": torch.cuda.get_device_name(device) if cfg.device == "cuda" else "cpu",
@@ -283,12 +297,29 @@ def _seed_everything(torch: Any, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _group_loss(
-    torch: Any, model: Any, tok: Any, pairs: list[tuple[str, str]], groups: int, cfg: TrainConfig
-) -> Any:
-    logits = _logits(torch, model, tok, pairs, cfg).view(groups, cfg.group_size)
-    target = torch.zeros(groups, dtype=torch.long, device=logits.device)
+def _student(transformers: Any, base: str | os.PathLike[str], layers: int | None) -> Any:
+    """The cross-encoder to train: the base with one logit, cut to its first `layers` encoder layers."""
+    config = transformers.AutoConfig.from_pretrained(str(base), num_labels=1)
+    if layers is not None:
+        have = int(config.num_hidden_layers)
+        if layers > have:
+            raise ValueError(f"layers {layers}: the base {base} has only {have} encoder layers")
+        config.num_hidden_layers = layers
+    return transformers.AutoModelForSequenceClassification.from_pretrained(str(base), config=config)
+
+
+def _group_loss(torch: Any, logits: Any) -> Any:
+    """Softmax cross-entropy of each group (rows of `logits`), the positive first."""
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _teacher_loss(torch: Any, logits: Any, teacher: np.ndarray) -> Any:
+    """KL(teacher's softmax over each group || the student's), the mean over groups."""
+    t = torch.as_tensor(teacher, dtype=logits.dtype, device=logits.device)
+    f = torch.nn.functional
+    student, target = f.log_softmax(logits, dim=-1), f.log_softmax(t, dim=-1)
+    return f.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
 def _distill_loss(torch: Any, model: Any, tok: Any, pairs: list[Any], cfg: TrainConfig) -> Any:
