@@ -292,7 +292,7 @@ LAYERS = [
     {"pipeline", "sharded", "shard_build", ""},  # "": the package itself, which gathers the public API
     {"eval", "demo"},
     {"models_export.train", "models_export.gate", "models_export.distill", "models_export.pseudo"}
-    | {f"models_export.train.{m}" for m in ("config", "prepare", "loop", "choose")},
+    | {f"models_export.train.{m}" for m in ("config", "prepare", "loop", "choose", "teacher")},
     {"serve", "serve.batcher", "serve.metrics", "serve.app"},
     {"cli", "cli.__main__"}
     | {f"cli.{m}" for m in ("options", "models", "evaluate", "engine", "serve", "datasets")},
