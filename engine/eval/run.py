@@ -191,8 +191,6 @@ def retrieval(
 
     settings: dict[str, dict[str, Any]] = {}  # per +cross system: the rerank depth and blend in force
 
-    latency: dict[str, dict[str, dict[str, float]]] = {}  # per system run so far: its latency_ms
-
     def rerank_cross(
         recall: str, name: str, model: Any, *, same_depth: bool = False, same_time: bool = False
     ) -> Callable[[list[str], _Timer], Hits]:
@@ -206,7 +204,7 @@ def retrieval(
                 parts = [go([q], timer) for q in qs]
                 return Hits(np.concatenate([h.ids for h in parts]), np.concatenate([h.scores for h in parts]))
             depth = settings["hybrid+cross"]["depth"] if same_depth else None
-            budget = latency["hybrid+cross"]["rerank"]["p50"] if same_time else None
+            budget = done_before("hybrid+cross").latency_ms["rerank"]["p50"] if same_time else None
             hits = first(qs, timer)
             cand = timer("fetch", lambda: [[texts[i] for i in row[row >= 0]] for row in hits.ids])
             scores = [row[hits.ids[i] >= 0].astype(np.float64) for i, row in enumerate(hits.scores)]
@@ -242,7 +240,11 @@ def retrieval(
         runners[f"hybrid+{label}@latency"] = rerank_cross(
             "hybrid", f"hybrid+{label}@latency", model, same_time=True
         )
-    results = []
+    results: list[SystemResult] = []
+
+    def done_before(name: str) -> SystemResult:
+        return next(s for s in results if s.name == name)
+
     for name in wanted:
         fn = runners[name]
         t0 = time.perf_counter()
@@ -263,7 +265,6 @@ def retrieval(
         except ValueError:  # no query with both a relevant and a non-relevant candidate
             pair_acc = None
         results.append(SystemResult(name, res, run, timer.summary(), qps, curve, pair_acc))
-        latency[name] = results[-1].latency_ms
         log.info("%s: %s", name, {m: round(v, 4) for m, v in res.mean.items()})
 
     primary = f"ndcg@{top_n}"

@@ -31,8 +31,10 @@ class Teacher:
                 self.reranker.max_length,
                 max_length,
             )
+        from .choose import sigmoid_head
+
         self.name = str(name_or_path)
-        self._sigmoid = self.reranker.manifest.get("activation") == "sigmoid"
+        self._sigmoid = sigmoid_head(self.reranker)
         self._cache: dict[Any, float] = {}
 
     def logits(self, query: str, docs: Sequence[tuple[Any, str]]) -> NDArray[np.float64]:
